@@ -184,3 +184,24 @@ def get_preset(name: str) -> ModelPreset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def preset_to_dict(preset: ModelPreset) -> dict:
+    """JSON-ready dict of a preset (the `wanmoe.json` of a wanmoe-native checkpoint folder)."""
+    from dataclasses import asdict
+
+    return asdict(preset)
+
+
+def preset_from_dict(d: dict) -> ModelPreset:
+    """Inverse of `preset_to_dict`; lists from JSON become the tuples the dataclasses use."""
+
+    def tup(v):
+        return tuple(tup(x) for x in v) if isinstance(v, list) else v
+
+    dit = DiTConfig(**{k: tup(v) for k, v in d["dit"].items()})
+    vae = VAEConfig(**{k: tup(v) for k, v in d["vae"].items()})
+    t5 = T5Config(**d["t5"])
+    experts = tuple(ExpertSpec(**e) for e in d["experts"])
+    rest = {k: tup(v) for k, v in d.items() if k not in ("dit", "vae", "t5", "experts")}
+    return ModelPreset(dit=dit, vae=vae, t5=t5, experts=experts, **rest)
