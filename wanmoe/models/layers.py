@@ -1,0 +1,86 @@
+"""Building blocks of the Wan DiT: dtype-following linears, Wan norms, timestep sinusoid.
+
+Precision model (spec §2.8): a layer computes in the dtype of its *input*. The DiT decides the
+region dtype by casting activations; weights are cast to the input dtype on the fly, which is what
+CUDA autocast does to fp32 parameters. A weight already stored in that dtype is used as is, so
+bf16-stored and fp32-stored weights give bit-identical results. Quantised replacements swapped in
+for `CastLinear` must keep the same contract: output dtype == input dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CastLinear(nn.Linear):
+    """nn.Linear that casts its weight and bias to the input's dtype (autocast-style)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, w, b)
+
+
+class CastConv3d(nn.Conv3d):
+    """nn.Conv3d that casts its weight and bias to the input's dtype (autocast-style)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return F.conv3d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+
+class WanRMSNorm(nn.Module):
+    """RMSNorm over the full hidden size (official WanRMSNorm, used as q/k norm)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Official order: normalise in fp32, cast back to x's dtype, then multiply by the weight
+        # with ordinary type promotion (bf16 activations x fp32 weight -> fp32).
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return y.type_as(x) * self.weight
+
+
+class WanLayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 and cast back to the input dtype (official WanLayerNorm)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = False) -> None:
+        super().__init__(dim, eps=eps, elementwise_affine=elementwise_affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
+
+
+class TanhGELU(nn.GELU):
+    """GELU with the tanh approximation (official nn.GELU(approximate='tanh'))."""
+
+    def __init__(self) -> None:
+        super().__init__(approximate="tanh")
+
+
+def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
+    """[cos | sin] timestep embedding computed in float64 (spec §2.2); returns float64 [n, dim]."""
+    half = dim // 2
+    pos = t.reshape(-1).to(torch.float64)
+    omega = torch.pow(10000, -torch.arange(half, device=t.device, dtype=torch.float64).div(half))
+    ang = torch.outer(pos, omega)  # [n, half]
+    return torch.cat([torch.cos(ang), torch.sin(ang)], dim=1)
+
+
+def xavier_uniform_(w: torch.Tensor) -> None:
+    """Xavier-uniform on the flattened [out, in*...] view (the official patch-embedding init)."""
+    fan_out, fan_in = w.shape[0], math.prod(w.shape[1:])
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        w.uniform_(-bound, bound)
