@@ -1,1 +1,24 @@
-"""wanmoe.sampling"""
+"""wanmoe.sampling: flow-matching solvers, initial noise, classifier-free guidance, the loop."""
+
+from __future__ import annotations
+
+from wanmoe.errors import InputError
+from wanmoe.sampling.base import FlowSolver
+from wanmoe.sampling.dpmpp import FlowDPMPP
+from wanmoe.sampling.euler import FlowEuler
+from wanmoe.sampling.sigmas import check_steps_shift
+from wanmoe.sampling.unipc import FlowUniPC
+
+SOLVERS: dict[str, type[FlowSolver]] = {"unipc": FlowUniPC, "dpm++": FlowDPMPP, "euler": FlowEuler}
+
+
+def make_solver(name: str, steps: int, shift: float) -> FlowSolver:
+    """A fresh solver by name ('unipc' official default, 'dpm++' official alternative, 'euler')."""
+    if name not in SOLVERS:
+        raise InputError(f"solver {name!r} is not one of {sorted(SOLVERS)} "
+                         f"(official default: 'unipc')")
+    check_steps_shift(steps, shift)
+    return SOLVERS[name](steps, shift)
+
+
+__all__ = ["FlowDPMPP", "FlowEuler", "FlowSolver", "FlowUniPC", "SOLVERS", "make_solver"]

@@ -1,0 +1,138 @@
+"""Our umT5 encoder vs transformers' UMT5EncoderModel on a tiny random model with the same weights."""
+
+import random
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from wanmoe.configs import T5Config  # noqa: E402
+from wanmoe.loading.keymaps_t5 import hf_state_to_official_names  # noqa: E402
+from wanmoe.text.encoder import TextEncoder  # noqa: E402
+from wanmoe.text.tokenizer import load_tokenizer  # noqa: E402
+from wanmoe.text.train_tokenizer import train_unigram_tokenizer  # noqa: E402
+from wanmoe.text.umt5 import UMT5Encoder, relative_position_bucket, t5_config_from_shapes  # noqa: E402
+
+VOCAB, D, HEADS, DKV, FFN, LAYERS, LEN = 300, 64, 4, 16, 96, 2, 24
+
+
+def _hf_model(seed: int = 0):
+    cfg = transformers.UMT5Config(
+        vocab_size=VOCAB, d_model=D, d_kv=DKV, d_ff=FFN, num_layers=LAYERS, num_heads=HEADS,
+        feed_forward_proj="gated-gelu", dropout_rate=0.0, relative_attention_num_buckets=32,
+        relative_attention_max_distance=128, attn_implementation="eager")
+    torch.manual_seed(seed)
+    model = transformers.UMT5EncoderModel(cfg).eval()
+    with torch.no_grad():  # HF's init leaves norms at 1 and tables tiny: randomise so they matter
+        for name, p in model.named_parameters():
+            if "layer_norm" in name:
+                p.uniform_(0.5, 1.5)
+            elif "relative_attention_bias" in name:
+                p.normal_(0.0, 1.0)
+            else:
+                p.normal_(0.0, 0.3 if "shared" in name else 0.1)
+    return model
+
+
+def _ours_from(hf_model) -> UMT5Encoder:
+    state = hf_state_to_official_names(hf_model.state_dict())
+    cfg = t5_config_from_shapes({k: tuple(v.shape) for k, v in state.items()}, text_len=LEN)
+    model = UMT5Encoder(cfg).eval()
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+def _ids_and_mask(valid: list[int]):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, VOCAB, (len(valid), LEN), generator=g)
+    mask = torch.zeros(len(valid), LEN, dtype=torch.int64)
+    for row, n in enumerate(valid):
+        mask[row, :n] = 1
+        ids[row, n - 1] = 1  # EOS
+        ids[row, n:] = 0  # padding, as the tokenizer writes it
+    return ids, mask
+
+
+def test_config_inferred_from_hf_shapes():
+    hf = _hf_model()
+    cfg = t5_config_from_shapes({k: tuple(v.shape) for k, v in hf.state_dict().items()})
+    assert cfg == T5Config(vocab_size=VOCAB, dim=D, dim_attn=HEADS * DKV, dim_ffn=FFN,
+                           num_heads=HEADS, num_layers=LAYERS)
+
+
+def test_forward_matches_transformers_fp32_with_padding():
+    hf = _hf_model()
+    ours = _ours_from(hf)
+    ids, mask = _ids_and_mask([LEN, 9, 1])  # full, padded, EOS only
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        out = ours(ids, mask)
+    err = _rel(out, ref)
+    print(f"fp32 max|ours-hf|/max|hf| = {err:.2e}")
+    # fp32, same op order up to matmul blocking and the position of the mask add: ~1e-7 expected
+    assert err < 1e-5
+
+
+def test_relative_position_buckets_equal_transformers_at_512():
+    attn = _hf_model().encoder.block[0].layer[0].SelfAttention
+    pos = torch.arange(512)
+    ref = attn._relative_position_bucket(pos[None, :] - pos[:, None])  # memory - query
+    ours = relative_position_bucket(512, 512, num_buckets=32, max_distance=128)
+    assert torch.equal(ours, ref)
+    assert int(ours.min()) == 0 and int(ours.max()) == 31
+
+
+def test_bf16_close_to_fp32_and_to_transformers_bf16():
+    hf = _hf_model()
+    ours32 = _ours_from(hf)
+    ours16 = _ours_from(hf).to(torch.bfloat16)
+    hf16 = _hf_model().to(torch.bfloat16)  # same seed -> same weights, all-bf16 (incl. wo)
+    ids, mask = _ids_and_mask([LEN, 7])
+    with torch.no_grad():
+        ref32 = ours32(ids, mask)
+        out16 = ours16(ids, mask)
+        ref16 = hf16(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert out16.dtype == torch.bfloat16
+    vs32, vs_hf16 = _rel(out16, ref32), _rel(out16, ref16)
+    print(f"bf16 vs fp32: {vs32:.2e}; bf16 vs transformers bf16: {vs_hf16:.2e}")
+    # bf16 keeps 8 mantissa bits (rel. step 2^-8 = 3.9e-3) and rounds after every op of 2 blocks
+    assert vs32 < 5e-2
+    # all-bf16 transformers runs the same formulas (explicit tanh-GELU, fp32 norm mean, fp32-
+    # accumulated softmax); only the order of the mask/position adds differs, which changes no
+    # unmasked logit: allow one bf16 rounding step (2^-8), measured 0
+    assert vs_hf16 <= 2.0**-8
+
+
+def _tiny_tokenizer_dir(tmp_path):
+    rng = random.Random(0)
+    words = "a the red small quiet happy cat dog fox horse walks on beach road hill at sunset night".split()
+    corpus = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(300)]
+    tok = train_unigram_tokenizer(corpus, vocab_size=VOCAB)
+    folder = tmp_path / "google" / "umt5-xxl"
+    folder.mkdir(parents=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def test_text_encoder_matches_transformers_pipeline(tmp_path):
+    folder = _tiny_tokenizer_dir(tmp_path)
+    hf = _hf_model()
+    encoder = TextEncoder(load_tokenizer(folder, text_len=LEN), _ours_from(hf))
+    hf_tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(folder / "tokenizer.json"), pad_token="<pad>", eos_token="</s>",
+        unk_token="<unk>")
+    prompts = ["a red cat walks on the beach at  sunset", "a quiet horse"]
+    contexts = encoder.encode(prompts)
+    for prompt, ctx in zip(prompts, contexts):
+        batch = hf_tok([" ".join(prompt.split())], padding="max_length", truncation=True,
+                       max_length=LEN, return_tensors="pt")
+        with torch.no_grad():
+            ref = hf(**batch).last_hidden_state[0]
+        n = int(batch["attention_mask"].sum())
+        assert ctx.shape == (n, D)
+        assert _rel(ctx, ref[:n]) < 1e-5  # fp32, see the forward test

@@ -1,0 +1,195 @@
+"""The `wanmoe` command: `generate` here, `inspect` / `convert` / `train` from their modules.
+
+User errors (`WanmoeError`) print `error: <message>` to stderr and exit with status 2, without a
+stack trace. Optional subcommands are imported only when used, so a broken or missing optional
+module cannot break `wanmoe generate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from .errors import InputError, WanmoeError
+
+# name -> (module providing register_cli(subparsers), one-line help shown in `wanmoe --help`)
+OPTIONAL_COMMANDS = {
+    "inspect": ("wanmoe.loading.inspect", "show what a checkpoint file or folder is (format, dims, dtypes)"),
+    "convert": ("wanmoe.convert", "convert a checkpoint between layouts"),
+    "train": ("wanmoe.training.cli", "train the tiny demo model"),
+}
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="text -> MP4 video",
+                       description="Generate a video from a text prompt. Unset values take the "
+                                   "model's official defaults (see docs/cli.md).")
+    p.add_argument("prompt_text", nargs="?", metavar="PROMPT", help="the prompt (or use --prompt)")
+    src = p.add_argument_group("checkpoint (default: the built-in demo model)")
+    src.add_argument("--ckpt-dir", help="official Wan2.2-T2V-A14B / TI2V-5B folder, diffusers folder "
+                                        "or wanmoe folder")
+    src.add_argument("--high", help="high-noise expert file (safetensors / GGUF), overrides the folder's")
+    src.add_argument("--low", help="low-noise expert file, overrides the folder's")
+    src.add_argument("--vae", help="VAE file (Wan2.1_VAE.pth, Wan2.2_VAE.pth, safetensors)")
+    src.add_argument("--text-encoder", help="umT5 encoder file (models_t5_umt5-xxl-enc-bf16.pth, ...)")
+    src.add_argument("--tokenizer", help="tokenizer.json or folder (google/umt5-xxl)")
+    g = p.add_argument_group("generation (defaults: the model's official values)")
+    g.add_argument("--prompt", help="the prompt")
+    g.add_argument("--negative-prompt", help="default: the official negative prompt")
+    g.add_argument("--size", help="WIDTH*HEIGHT (or WIDTHxHEIGHT), e.g. 1280*720")
+    g.add_argument("--frames", type=int, help="pixel frames, 4n+1 (A14B 81, TI2V-5B 121)")
+    g.add_argument("--steps", type=int, help="sampling steps (A14B 40, TI2V-5B 50)")
+    g.add_argument("--shift", type=float, help="noise schedule shift (A14B 12, TI2V-5B 5)")
+    g.add_argument("--guide-scale", help="CFG scale: one value for every expert or HIGH,LOW "
+                                         "(A14B 4.0,3.0, TI2V-5B 5.0)")
+    g.add_argument("--boundary", type=float, help="MoE switch as a timestep fraction (A14B 0.875)")
+    g.add_argument("--boundary-snr", type=float, help="MoE switch as an SNR (0.875 = SNR 1/49)")
+    g.add_argument("--solver", default="unipc", choices=["unipc", "dpm++", "euler"])
+    g.add_argument("--seed", type=int, default=-1, help="-1 = random (printed)")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
+    r.add_argument("--dtype", choices=["bf16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
+    r.add_argument("--weights", choices=["bf16", "fp8", "int8", "keep"],
+                   help="DiT weight storage (default: as --dtype needs; keep = as stored, e.g. GGUF)")
+    r.add_argument("--offload", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the active expert on the GPU (default: when both do not fit)")
+    r.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU")
+    r.add_argument("--batched-cfg", action="store_true",
+                   help="run the conditional and unconditional passes as one batch of 2")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default="out.mp4", help="MP4 file to write (default: out.mp4)")
+    o.add_argument("--save-latents", metavar="FILE.safetensors",
+                   help="also save the final latents (key 'latents', float32 [C, F, h, w])")
+    o.add_argument("--save-strip", metavar="FILE.png", help="also save 8 frames side by side as PNG")
+    p.set_defaults(func=_cmd_generate)
+
+
+def _prompt(args) -> str:
+    if args.prompt and args.prompt_text:
+        raise InputError("the prompt was given twice (positional and --prompt); give it once")
+    text = args.prompt or args.prompt_text
+    if not text or not text.strip():
+        raise InputError('no prompt given; use wanmoe generate "a red ball rolls" or --prompt')
+    return text
+
+
+def _check_out(path: str | None, suffix: str, flag: str) -> Path | None:
+    """Output folders must exist (or be creatable) before hours of compute, not after."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.suffix.lower() != suffix:
+        raise InputError(f"{flag} {path!r} must end in {suffix}")
+    if p.is_dir():
+        raise InputError(f"{flag} {path!r} is a folder; give a file name ending in {suffix}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _cmd_generate(args) -> int:
+    import torch
+
+    from . import pipeline as P
+    from .validate import check_weights, parse_device, parse_dtype, settings_for
+
+    prompt = _prompt(args)
+    device = parse_device(args.device)
+    dtype = parse_dtype(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
+    check_weights(args.weights)
+    out = _check_out(args.out, ".mp4", "--out")
+    latents_path = _check_out(args.save_latents, ".safetensors", "--save-latents")
+    strip_path = _check_out(args.save_strip, ".png", "--save-strip")
+    spec = P.resolve(args.ckpt_dir, high=args.high, low=args.low, vae=args.vae,
+                     text_encoder=args.text_encoder, tokenizer=args.tokenizer)  # headers only
+    settings = settings_for(spec.preset, size=args.size, frames=args.frames, steps=args.steps,
+                            shift=args.shift, guide_scale=args.guide_scale, boundary=args.boundary,
+                            boundary_snr=args.boundary_snr, solver=args.solver, seed=args.seed)
+    print(f"model: {spec.preset.name} | size {settings.width}*{settings.height} | "
+          f"{settings.frames} frames | {settings.steps} steps | solver {settings.solver} | "
+          f"seed {settings.seed}", file=sys.stderr)
+    pipe = P.load_pipeline(spec=spec, device=device, dtype=dtype, weights=args.weights,
+                           offload=args.offload, text_encoder_device="cpu" if args.t5_cpu else None)
+    result = pipe.generate(prompt, args.negative_prompt, settings=settings,
+                           batched_cfg=args.batched_cfg, progress=not args.quiet)
+    t0 = time.perf_counter()
+    from .video import save_png_strip, write_mp4
+
+    write_mp4(out, result.frames, result.fps)
+    if latents_path is not None:
+        from safetensors.torch import save_file
+
+        save_file({"latents": result.latents.contiguous()}, str(latents_path))
+    if strip_path is not None:
+        save_png_strip(result.frames, strip_path)
+    timings = {"load": pipe.load_seconds, **{k: v for k, v in result.timings.items() if k != "total"},
+               "write": time.perf_counter() - t0}
+    timings["total"] = sum(timings.values())
+    f, h, w, _ = result.frames.shape
+    print(f"seed: {result.seed}")
+    print(f"wrote {out} ({f} frames, {w}x{h}, {result.fps} fps)")
+    print("time per stage: " + " | ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
+    kind = "GPU max allocated" if device.type == "cuda" else "CPU peak RSS"
+    print(f"peak memory: {P.describe_memory(result.peak_memory_bytes)} ({kind})")
+    del torch
+    return 0
+
+
+def _add_optional(sub, name: str, selected: str | None) -> None:
+    """Register an optional subcommand; import its module only when that command is run."""
+    module, help_text = OPTIONAL_COMMANDS[name]
+    if selected == name:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            _add_unavailable(sub, name, help_text, f"{module} could not be imported ({e})")
+            return
+        mod.register_cli(sub)
+        return
+    _add_unavailable(sub, name, help_text, None)
+
+
+def _add_unavailable(sub, name: str, help_text: str, reason: str | None) -> None:
+    p = sub.add_parser(name, help=help_text, add_help=reason is None)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def fail(_args) -> int:
+        raise WanmoeError(f"the '{name}' command is not available: {reason}")
+
+    p.set_defaults(func=fail)
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wanmoe", description="Wan2.2 text-to-video engine "
+                                     "(T2V-A14B MoE, TI2V-5B, and a built-in tiny demo model)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_generate(sub)
+    for name in OPTIONAL_COMMANDS:
+        _add_optional(sub, name, selected)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 user error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(selected)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except WanmoeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Procedural training clips for the demo model: flat shapes moving on flat backgrounds.
+
+Everything is deterministic by seed and needs no download. A scene is 1-2 objects (shape,
+colour, size, motion) on a background; `render` draws it as uint8 frames and `caption` writes
+one of several templates about it. A fixed set of (colour, shape, motion) combinations is held
+out (`is_held_out`): training scenes never contain them, evaluation prompts are drawn from them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+# Object colours (RGB). Names double as caption words and as evaluator classes.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (40, 190, 60),
+    "blue": (40, 80, 240),
+    "yellow": (245, 225, 40),
+    "orange": (250, 140, 20),
+    "purple": (150, 60, 210),
+    "pink": (250, 130, 200),
+    "white": (245, 245, 245),
+    "cyan": (40, 215, 225),
+}
+# Backgrounds are dark or neutral so every object colour stands out; value = (RGB, caption words).
+BACKGROUNDS: dict[str, tuple[tuple[int, int, int], tuple[str, ...]]] = {
+    "black": ((12, 12, 12), ("black", "dark")),
+    "dark blue": ((18, 28, 90), ("dark blue", "blue", "navy")),
+    "dark green": ((20, 70, 35), ("dark green", "green")),
+    "gray": ((110, 110, 110), ("gray", "grey")),
+    "brown": ((90, 58, 30), ("brown",)),
+}
+SHAPES: dict[str, tuple[str, ...]] = {
+    "circle": ("circle", "ball", "disc"),
+    "square": ("square", "box", "block"),
+    "triangle": ("triangle",),
+    "diamond": ("diamond",),
+}
+# Unit displacement per translation motion, image coordinates (x right, y down).
+DIRECTIONS: dict[str, tuple[float, float]] = {
+    "right": (1, 0), "left": (-1, 0), "up": (0, -1), "down": (0, 1),
+    "up-right": (1, -1), "up-left": (-1, -1), "down-right": (1, 1), "down-left": (-1, 1),
+}
+MOTIONS: tuple[str, ...] = (*DIRECTIONS, "bounce", "grow", "shrink", "still")
+SIZES: dict[str, float] = {"small": 10.0, "medium": 14.0, "large": 18.0}  # half-extent, px @128
+
+_DIR_WORDS: dict[str, tuple[str, ...]] = {
+    "right": ("to the right", "right", "rightward"),
+    "left": ("to the left", "left", "leftward"),
+    "up": ("up", "upward"),
+    "down": ("down", "downward"),
+    "up-right": ("up and to the right", "diagonally up and right"),
+    "up-left": ("up and to the left", "diagonally up and left"),
+    "down-right": ("down and to the right", "diagonally down and right"),
+    "down-left": ("down and to the left", "diagonally down and left"),
+}
+_VERBS = ("moves", "slides", "drifts", "travels", "glides")
+_OTHER_PHRASES: dict[str, tuple[str, ...]] = {
+    "bounce": ("bounces", "bounces up and down", "is bouncing"),
+    "grow": ("grows", "gets bigger", "is growing"),
+    "shrink": ("shrinks", "gets smaller", "is shrinking"),
+    "still": ("stays still", "sits still", "does not move"),
+}
+_SIZE_WORDS = {"small": ("small", "little", "tiny"), "medium": ("",), "large": ("large", "big")}
+TRAVEL = 0.45  # translation length as a fraction of the frame side
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One object: what it is, how it moves, and where it starts (fraction of the frame)."""
+
+    shape: str
+    colour: str
+    size: str
+    motion: str
+    start: tuple[float, float]  # (x, y) in [0, 1]
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A whole clip description: objects on a background, plus its caption."""
+
+    objects: tuple[SceneObject, ...]
+    background: str
+    caption: str
+
+
+def is_held_out(colour: str, shape: str, motion: str) -> bool:
+    """True for the ~1/7 of (colour, shape, motion) triples that training never sees."""
+    i, j, k = list(COLOURS).index(colour), list(SHAPES).index(shape), MOTIONS.index(motion)
+    return (i + 2 * j + 3 * k) % 7 == 0
+
+
+def held_out_triples() -> list[tuple[str, str, str]]:
+    """All held-out (colour, shape, motion) triples, in a fixed order."""
+    return [(c, s, m) for c in COLOURS for s in SHAPES for m in MOTIONS if is_held_out(c, s, m)]
+
+
+def _start_for(motion: str, half: float, rng: random.Random) -> tuple[float, float]:
+    """Start point (fractions) that keeps the whole path of the object inside the frame."""
+    m = half / 128 + 0.03  # margin in frame fractions
+    dx, dy = DIRECTIONS.get(motion, (0, 0))
+    if motion == "grow":
+        m = 1.8 * half / 128 + 0.03
+
+    def axis(d: float) -> float:
+        lo, hi = m, 1 - m
+        if d > 0:
+            hi -= TRAVEL
+        elif d < 0:
+            lo += TRAVEL
+        return rng.uniform(lo, max(lo, hi))
+
+    x, y = axis(dx), axis(dy)
+    if motion == "bounce":  # bounce rises up to TRAVEL above its floor y
+        y = rng.uniform(m + TRAVEL, 1 - m)
+    return (x, y)
+
+
+def _separated_start(first: SceneObject, half: float, rng: random.Random) -> tuple[float, float]:
+    """Start for a second object with the same motion, far enough from `first` not to touch."""
+    grow = 1.8 if first.motion == "grow" else 1.0
+    need = grow * 1.25 * (SIZES[first.size] + half) / 128 + 0.04
+    best, best_d = first.start, -1.0
+    for _ in range(50):
+        p = _start_for(first.motion, half, rng)
+        d = math.dist(p, first.start)
+        if d >= need:
+            return p
+        best, best_d = (p, d) if d > best_d else (best, best_d)
+    return best
+
+
+def _make_object(rng: random.Random, held_out: bool, avoid_colour: str | None = None) -> SceneObject:
+    """Draw one object whose (colour, shape, motion) triple is in the requested split."""
+    if held_out:
+        pool = [t for t in held_out_triples() if t[0] != avoid_colour]
+        colour, shape, motion = rng.choice(pool)
+    else:
+        while True:
+            colour = rng.choice([c for c in COLOURS if c != avoid_colour])
+            shape, motion = rng.choice(list(SHAPES)), rng.choice(MOTIONS)
+            if not is_held_out(colour, shape, motion):
+                break
+    size = rng.choice(list(SIZES))
+    return SceneObject(shape, colour, size, motion, _start_for(motion, SIZES[size], rng))
+
+
+def sample_scene(seed: int, held_out: bool = False, num_objects: int | None = None) -> Scene:
+    """Deterministic scene for `seed`; `held_out` picks triples from the held-out set only."""
+    rng = random.Random(seed * 7919 + (1 if held_out else 0))
+    n = num_objects or (1 if rng.random() < 0.75 else 2)
+    first = _make_object(rng, held_out)
+    objects = [first]
+    if n == 2:  # both objects share one motion so the caption stays one clause
+        second = _make_object(rng, False, avoid_colour=first.colour)
+        while second.shape == first.shape or is_held_out(second.colour, second.shape, first.motion):
+            second = _make_object(rng, False, avoid_colour=first.colour)
+        start = _separated_start(first, SIZES[second.size], rng)
+        objects.append(SceneObject(second.shape, second.colour, second.size, first.motion, start))
+    background = rng.choice(list(BACKGROUNDS))
+    objects = tuple(objects)
+    return Scene(objects, background, caption(objects, background, rng))
+
+
+def _noun(o: SceneObject, rng: random.Random, with_size: bool) -> str:
+    size = rng.choice(_SIZE_WORDS[o.size]) if with_size else ""
+    words = [size, o.colour, rng.choice(SHAPES[o.shape])]
+    return " ".join(w for w in words if w)
+
+
+def caption(objects: tuple[SceneObject, ...], background: str, rng: random.Random) -> str:
+    """One caption from varied templates; always names every colour, shape and the motion."""
+    with_size = rng.random() < 0.5
+    nouns = [_noun(o, rng, with_size) for o in objects]
+    plural = len(objects) > 1
+    subject = " and ".join(("an " if n[0] in "aeiou" else "a ") + n for n in nouns)
+    motion = objects[0].motion
+    if motion in DIRECTIONS:
+        verb = rng.choice(_VERBS)
+        verb = verb[:-1] if plural else verb  # "move" / "moves"
+        action = f"{verb} {rng.choice(_DIR_WORDS[motion])}"
+    else:
+        action = rng.choice(_OTHER_PHRASES[motion])
+        if plural:
+            action = action.replace("is ", "are ").replace("does ", "do ")
+            action = " ".join(w[:-1] if w in ("bounces", "grows", "shrinks", "stays", "sits", "gets")
+                              else w for w in action.split())
+    bg = rng.choice(BACKGROUNDS[background][1])
+    template = rng.randrange(4)
+    if template == 0:
+        return f"{subject} {action} on a {bg} background"
+    if template == 1:
+        return f"on a {bg} background, {subject} {action}"
+    if template == 2:
+        return f"{subject} {action} over a {bg} backdrop"
+    return f"{subject} {action}"
+
+
+def _track(o: SceneObject, frames: int, side: int) -> list[tuple[float, float, float]]:
+    """(x px, y px, half-extent px) of an object in each frame."""
+    half = SIZES[o.size] * side / 128
+    x0, y0 = o.start[0] * side, o.start[1] * side
+    dx, dy = DIRECTIONS.get(o.motion, (0, 0))
+    out = []
+    for i in range(frames):
+        u = i / max(frames - 1, 1)
+        x, y, h = x0 + dx * TRAVEL * side * u, y0 + dy * TRAVEL * side * u, half
+        if o.motion == "bounce":  # two hops, back on the floor at the end
+            y = y0 - TRAVEL * side * abs(math.sin(2 * math.pi * u))
+        elif o.motion == "grow":
+            h = half * (1 + 0.8 * u)
+        elif o.motion == "shrink":
+            h = half * (1.8 - 0.8 * u)
+        out.append((x, y, h))
+    return out
+
+
+def _alpha(shape: str, xx: np.ndarray, yy: np.ndarray, x: float, y: float, h: float) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] from a signed distance (positive inside)."""
+    dx, dy = xx - x, yy - y
+    if shape == "circle":
+        sd = h - np.sqrt(dx * dx + dy * dy)
+    elif shape == "square":
+        sd = h * 0.9 - np.maximum(np.abs(dx), np.abs(dy))
+    elif shape == "diamond":
+        sd = (h * 1.2 - (np.abs(dx) + np.abs(dy))) / math.sqrt(2)
+    else:  # equilateral triangle pointing up: three half-planes around the centroid
+        s3 = math.sqrt(3)
+        r = h * 0.62  # inradius
+        normals = ((0.0, 1.0), (s3 / 2, -0.5), (-s3 / 2, -0.5))
+        sd = np.min(np.stack([r - (dx * a + dy * b) for a, b in normals]), axis=0)
+    return np.clip(sd + 0.5, 0.0, 1.0)
+
+
+def render(scene: Scene, frames: int = 17, size: tuple[int, int] = (128, 128)) -> np.ndarray:
+    """uint8 video [T, H, W, 3] of the scene; (W, H) = size; later objects are drawn on top."""
+    w, h = size
+    side = min(w, h)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    xx, yy = xx + (side - w) / 2, yy + (side - h) / 2  # centre a square layout in the frame
+    bg = np.array(BACKGROUNDS[scene.background][0], dtype=np.float32)
+    video = np.empty((frames, h, w, 3), dtype=np.float32)
+    video[:] = bg
+    tracks = [_track(o, frames, side) for o in scene.objects]
+    for t in range(frames):
+        for o, tr in zip(scene.objects, tracks):
+            a = _alpha(o.shape, xx, yy, *tr[t])[..., None]  # [H, W, 1]
+            video[t] = video[t] * (1 - a) + a * np.array(COLOURS[o.colour], dtype=np.float32)
+    return np.clip(np.rint(video), 0, 255).astype(np.uint8)
+
+
+def to_tensor(frames: np.ndarray):
+    """uint8 [T, H, W, 3] -> float32 torch tensor [3, T, H, W] in [-1, 1] (the VAE's input)."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(127.5).sub_(1.0)
+    return x.permute(3, 0, 1, 2).contiguous()
+
+
+def training_scenes(n: int, seed: int = 0) -> list[Scene]:
+    """n training scenes (held-out triples never appear)."""
+    return [sample_scene(seed * 1_000_003 + i) for i in range(n)]
+
+
+def held_out_scenes(n: int, seed: int = 12345, num_objects: int | None = 1) -> list[Scene]:
+    """n evaluation scenes whose first object is a held-out triple, cycling over all triples."""
+    triples = held_out_triples()
+    out = []
+    for i in range(n):
+        rng = random.Random(seed * 1_000_003 + i)
+        colour, shape, motion = triples[i % len(triples)]
+        size = rng.choice(list(SIZES))
+        obj = SceneObject(shape, colour, size, motion, _start_for(motion, SIZES[size], rng))
+        objs = (obj,)
+        if num_objects == 2:
+            s = sample_scene(seed + i, held_out=False, num_objects=2).objects[1]
+            while s.colour == colour or s.shape == shape or is_held_out(s.colour, s.shape, motion):
+                s = _make_object(rng, False, avoid_colour=colour)
+            objs = (obj, SceneObject(s.shape, s.colour, s.size, motion,
+                                     _separated_start(obj, SIZES[s.size], rng)))
+        bg = rng.choice(list(BACKGROUNDS))
+        out.append(Scene(objs, bg, caption(objs, bg, rng)))
+    return out

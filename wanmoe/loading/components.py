@@ -1,0 +1,98 @@
+"""Load one component (DiT, umT5 encoder, VAE) from any supported layout, strictly, in eval mode.
+
+Each loader opens the file (headers only), detects its naming, builds the model with parameters
+on meta and streams the tensors into their target dtype and device (`stream.stream_load`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from wanmoe.configs import DiTConfig, VAEConfig
+from wanmoe.errors import CheckpointError
+from wanmoe.loading.detect import Detection, detect_tensors
+from wanmoe.loading.keymaps import KeyMap, key_map_for
+from wanmoe.loading.sources import PickleSource, ShardedSafetensors, TensorSource, open_tensors
+from wanmoe.loading.stream import InstallQuantized, empty_weights, stream_load
+
+
+def _open(source_or_path) -> tuple[TensorSource, bool]:
+    if isinstance(source_or_path, TensorSource):
+        return source_or_path, False
+    return open_tensors(source_or_path), True
+
+
+def detect_source(src: TensorSource) -> Detection:
+    """Detection of an already opened source (container from its type)."""
+    container = ("gguf" if src.path.suffix.lower() == ".gguf" else "sharded" if isinstance(src, ShardedSafetensors)
+                 else "pickle" if isinstance(src, PickleSource) else "safetensors")
+    entries = {k: (src.shape(k), str(src.dtype(k)).removeprefix("torch.")) for k in src.keys()}
+    det = detect_tensors(entries, src.metadata, container=container)
+    det.path = src.path
+    return det
+
+
+def _expect(det: Detection, component: str, what: str) -> None:
+    if det.component != component:
+        raise CheckpointError(f"{det.path} is {det.model} ({det.component}, {det.format}), not {what}")
+
+
+def _load(model: nn.Module, src: TensorSource, own: bool, dtype, device, key_map, **kw) -> nn.Module:
+    try:
+        stream_load(model, src, dtype=dtype, device=device, key_map=key_map, **kw)
+    finally:
+        if own:
+            src.close()
+    return model.eval()
+
+
+def load_dit(source_or_path, cfg: DiTConfig, compute_dtype: torch.dtype = torch.float32,
+             device: torch.device | str = "cpu", key_map: KeyMap | None = None, *,
+             install_quantized: InstallQuantized | None = None) -> nn.Module:
+    """WanDiT from official / prefixed / diffusers / fp8 / GGUF weights, stored per `storage_dtype`."""
+    from wanmoe.models.dit import WanDiT
+
+    src, own = _open(source_or_path)
+    if key_map is None:
+        det = detect_source(src)
+        _expect(det, "dit", "a Wan DiT")
+        key_map = key_map_for(det, src.keys())
+    with empty_weights():
+        model = WanDiT(cfg)
+    model.set_compute_dtype(compute_dtype)  # validates the dtype before any weight is read
+    return _load(model, src, own, compute_dtype, device, key_map, install_quantized=install_quantized)
+
+
+def load_text_encoder(path, dtype: torch.dtype = torch.bfloat16,
+                      device: torch.device | str = "cpu") -> nn.Module:
+    """UMT5Encoder from the official .pth or a HF safetensors folder/file; bf16 read as bf16."""
+    from wanmoe.text.umt5 import UMT5Encoder
+
+    src, own = _open(path)
+    det = detect_source(src)
+    _expect(det, "text_encoder", "a umT5 text encoder")
+    cfg = det.t5_config()
+    with empty_weights():
+        model = UMT5Encoder(cfg)
+    return _load(model, src, own, dtype, device, key_map_for(det, src.keys()))
+
+
+def load_vae(path, cfg: VAEConfig | None = None, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Wan2.1 / Wan2.2 VAE from official .pth/.safetensors or a diffusers `vae/` folder."""
+    from wanmoe.loading.checkpoint import vae_config_from_detection
+    from wanmoe.vae import build_vae
+
+    src, own = _open(Path(path) if not isinstance(path, TensorSource) else path)
+    det = detect_source(src)
+    _expect(det, "vae", "a Wan VAE")
+    cfg = cfg or vae_config_from_detection(det)
+    if cfg.version != det.dims["version"]:
+        raise CheckpointError(f"{det.path} is a Wan{det.dims['version']} VAE but the config asks for "
+                              f"a Wan{cfg.version} VAE")
+    with empty_weights():
+        model = build_vae(cfg)
+    return _load(model, src, own, dtype, device, key_map_for(det, src.keys()))

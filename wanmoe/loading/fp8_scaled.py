@@ -1,0 +1,110 @@
+"""ComfyUI scaled-fp8 checkpoints: apply the per-tensor scales while loading (formats.md §3).
+
+Legacy layout: a marker tensor `scaled_fp8`, fp8 `X.weight` plus fp32 `X.scale_weight` (and an
+unused `X.scale_input`). New layout (`comfy_quant`): `X.weight_scale` (+ `X.input_scale`), the
+per-layer format in `X.comfy_quant` (uint8 JSON bytes) or in the `_quantization_metadata` header
+entry. Either way the real weight is `weight.float() * scale`; an fp8 weight is never handed out
+without its scale, and the scale/marker tensors are consumed here (never "unexpected").
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from wanmoe.errors import CheckpointError
+from wanmoe.loading.detect import COMFY_QUANT_AUX, FP8_SCALED_AUX, split_aux
+from wanmoe.loading.sources import TensorSource
+
+_FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+_FLOAT8_FORMATS = ("float8_e4m3fn", "float8_e5m2")
+
+
+def needs_scaling(source: TensorSource) -> bool:
+    """True for a ComfyUI fp8_scaled or comfy_quant file (scales must be applied on load)."""
+    _, aux, kind = split_aux(source.keys())
+    return bool(kind) or "_quantization_metadata" in source.metadata
+
+
+class ScaledFp8Source(TensorSource):
+    """View of a scaled-fp8 source: scale tensors hidden, weights returned dequantised."""
+
+    def __init__(self, inner: TensorSource) -> None:
+        self.inner = inner
+        self.paths = inner.paths
+        self.metadata = inner.metadata
+        names = inner.keys()
+        core, aux, kind = split_aux(names)
+        self.kind = kind or "comfy_quant"
+        self._core = core
+        self._formats = self._read_formats(set(aux))
+        self._scale: dict[str, str] = {}
+        have = set(names)
+        for n in aux:
+            for suffix, weight_suffix in ((".scale_weight", ".weight"), (".weight_scale", ".weight")):
+                if n.endswith(suffix):
+                    w = n[: -len(suffix)] + weight_suffix
+                    if w not in have:
+                        raise CheckpointError(f"{inner.file_of(n)}: scale {n!r} has no weight {w!r}")
+                    self._scale[w] = n
+        for n in core:
+            if inner.dtype(n) in _FP8 and n not in self._scale:
+                raise CheckpointError(f"{inner.file_of(n)}: fp8 weight {n!r} has no scale "
+                                      f"({n.removesuffix('.weight')}.scale_weight / .weight_scale); "
+                                      "the file is incomplete and would load wrong by the scale factor")
+
+    def _read_formats(self, aux: set[str]) -> dict[str, str]:
+        """Per-layer quant format ("float8_e4m3fn", "nvfp4", ...) of a comfy_quant file."""
+        fmts: dict[str, str] = {}
+        meta = self.metadata.get("_quantization_metadata")
+        if meta:
+            try:
+                layers = json.loads(meta).get("layers", {})
+            except (json.JSONDecodeError, AttributeError) as e:
+                raise CheckpointError(f"{self.paths[0]}: _quantization_metadata is not valid JSON ({e})") from None
+            fmts.update({k: v.get("format", "") for k, v in layers.items() if isinstance(v, dict)})
+        for n in aux:
+            if n.endswith(".comfy_quant"):
+                raw = bytes(self.inner.get(n).to(torch.uint8).reshape(-1).tolist())
+                try:
+                    fmts[n.removesuffix(".comfy_quant")] = json.loads(raw).get("format", "")
+                except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+                    raise CheckpointError(f"{self.paths[0]}: {n!r} is not comfy_quant JSON ({e})") from None
+        for layer, fmt in fmts.items():
+            if fmt and fmt not in _FLOAT8_FORMATS:
+                raise CheckpointError(f"{self.paths[0]}: layer {layer!r} uses comfy_quant format {fmt!r}; "
+                                      f"only {', '.join(_FLOAT8_FORMATS)} are supported")
+        return fmts
+
+    def keys(self) -> list[str]:
+        return list(self._core)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.inner.shape(name)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return torch.float32 if name in self._scale else self.inner.dtype(name)
+
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        scale_name = self._scale.get(name)
+        if scale_name is None:
+            t = self.inner.get(name)
+            return t if dtype is None else t.to(dtype)
+        w = self.inner.get(name).float()  # fp8 -> fp32 first: the scale is applied in fp32 (ComfyUI)
+        w = w * self.inner.get(scale_name).float()  # per-tensor (or broadcastable per-row) scale
+        return w if dtype is None else w.to(dtype)
+
+    def nbytes(self, name: str) -> int | None:
+        return self.inner.nbytes(name)
+
+    def file_of(self, name: str):
+        return self.inner.file_of(name)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def is_scale_name(name: str) -> bool:
+    """True for auxiliary scale/marker tensor names of either ComfyUI layout."""
+    return name.endswith(FP8_SCALED_AUX + COMFY_QUANT_AUX) or name.rsplit(".", 1)[-1] == "scaled_fp8"

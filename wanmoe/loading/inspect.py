@@ -1,0 +1,99 @@
+"""`wanmoe inspect PATH [PATH2] [--estimate] [--json]`: what a checkpoint is, from headers only."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from wanmoe.loading.detect import Detection, detect, expert_roles
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
+
+
+def _as_dict(det: Detection) -> dict:
+    d = asdict(det)
+    d["path"] = str(det.path) if det.path else None
+    d["parts"] = {k: _as_dict(v) for k, v in det.parts.items()}
+    return d
+
+
+def _lines(det: Detection, indent: str = "") -> list[str]:
+    out = [f"{indent}{det.path}",
+           f"{indent}  format:    {det.format}",
+           f"{indent}  component: {det.component}",
+           f"{indent}  model:     {det.model}"]
+    if det.dims:
+        out.append(f"{indent}  dims:      " + ", ".join(f"{k}={v}" for k, v in det.dims.items()))
+    if det.dtypes:
+        out.append(f"{indent}  dtypes:    " + ", ".join(
+            f"{k} x{v['count']} ({_gb(v['bytes'])})" for k, v in det.dtypes.items()))
+        out.append(f"{indent}  bytes:     {det.total_bytes:,} ({_gb(det.total_bytes)})")
+    out += [f"{indent}  note:      {n}" for n in det.notes]
+    for role, part in det.parts.items():
+        out.append(f"{indent}  [{role}]")
+        out += _lines(part, indent + "    ")
+    return out
+
+
+def inspect_paths(path, path2=None) -> dict:
+    """Detections of one or two paths plus the expert roles of a pair (JSON-ready)."""
+    dets = [detect(path)] + ([detect(path2)] if path2 is not None else [])
+    out = {"checkpoints": [_as_dict(d) for d in dets]}
+    if path2 is not None:
+        roles = expert_roles(path, path2)
+        out["expert_roles"] = {"high_noise": str(roles.high) if roles.high else None,
+                               "low_noise": str(roles.low) if roles.low else None, "note": roles.note}
+        a, b = dets
+        out["same_model"] = (a.model, a.dims) == (b.model, b.dims)
+    return out
+
+
+def describe(path, path2=None) -> str:
+    """Human-readable report: format, component, model, dims, dtype histogram, bytes, roles."""
+    dets = [detect(path)] + ([detect(path2)] if path2 is not None else [])
+    lines: list[str] = []
+    for d in dets:
+        lines += _lines(d)
+    if path2 is not None:
+        a, b = dets
+        lines.append("expert roles: " + expert_roles(path, path2).note)
+        if (a.model, a.dims) != (b.model, b.dims):
+            lines.append(f"warning: the two files are different models ({a.model} vs {b.model})")
+    return "\n".join(lines)
+
+
+def estimate_text(path, path2=None) -> str:
+    """Resident-memory estimate table from the quantisation helper, when it is installed."""
+    try:
+        from wanmoe.runtime.quant.estimate import estimate_table
+    except ImportError:
+        return "memory estimate unavailable (wanmoe.runtime.quant.estimate is not installed)"
+    dets = [detect(path)] + ([detect(path2)] if path2 is not None else [])
+    return str(estimate_table(dets[0] if len(dets) == 1 else dets))
+
+
+def _run(args) -> int:
+    if args.json:
+        out = inspect_paths(args.path, args.path2)
+        if args.estimate:
+            out["estimate"] = estimate_text(args.path, args.path2)
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        print(describe(args.path, args.path2))
+        if args.estimate:
+            print(estimate_text(args.path, args.path2))
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add the `inspect` subcommand (sets `func`, called with the parsed args, returns exit code)."""
+    p = subparsers.add_parser("inspect", help="describe a checkpoint file or folder (headers only)")
+    p.add_argument("path", type=Path, help="checkpoint file or folder")
+    p.add_argument("path2", type=Path, nargs="?", default=None,
+                   help="second expert file: also report which is high/low noise")
+    p.add_argument("--estimate", action="store_true", help="also print the resident-memory estimate table")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_run)

@@ -1,0 +1,374 @@
+"""Tensor sources: one read-only view over a checkpoint's tensors, whatever the container.
+
+`open_tensors(path)` accepts a `.safetensors` file, a sharded set (`*.safetensors.index.json`
+or a folder holding one, or a folder with a single `.safetensors`), a `.pth`/`.pt` pickle and a
+`.gguf` file. Opening reads headers only; tensor data is read one tensor at a time by `get`.
+
+Safetensors data is read with positioned reads into a fresh tensor instead of through a memory
+map: mapped file pages that have been touched count in the process RSS until unmapped, so a
+mapped fp32 file loaded as bf16 would show fp32 + bf16 resident. Plain reads go through the
+page cache, which the kernel can drop, and RSS stays at the size of the loaded weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from wanmoe.errors import CheckpointError
+
+# safetensors header dtype codes -> torch dtypes (F8 codes map to the torch float8 flavours).
+ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2, "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+}
+_MAX_HEADER = 100 * 1024 * 1024  # the safetensors format itself caps headers at 100 MB
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """Short dtype name used in histograms and manifests ("float32", "float8_e4m3fn", "Q4_K")."""
+    return dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+
+
+class TensorSource:
+    """Read-only name -> tensor view over one checkpoint (file or shard set)."""
+
+    metadata: dict[str, str]
+    paths: tuple[Path, ...]
+
+    def keys(self) -> list[str]:
+        raise NotImplementedError
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def dtype(self, name: str) -> torch.dtype | str:
+        raise NotImplementedError
+
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def nbytes(self, name: str) -> int | None:
+        """Stored bytes of one tensor (None when the container does not say)."""
+        dt = self.dtype(name)
+        if isinstance(dt, str):
+            return None
+        n = 1
+        for s in self.shape(name):
+            n *= s
+        return n * dt.itemsize
+
+    def close(self) -> None:
+        """Release file handles (safe to call twice)."""
+
+    @property
+    def path(self) -> Path:
+        return self.paths[0]
+
+    def file_of(self, name: str) -> Path:
+        """File holding tensor `name` (the shard for sharded sets); used in error messages."""
+        return self.paths[0]
+
+    def __contains__(self, name: str) -> bool:
+        return name in set(self.keys())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __enter__(self) -> TensorSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def entries(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """{name: (shape, dtype name)} of every tensor: what detection works from."""
+        return {k: (self.shape(k), dtype_name(self.dtype(k))) for k in self.keys()}
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return t if dtype is None or t.dtype == dtype else t.to(dtype)
+
+
+class SafetensorsFile(TensorSource):
+    """One `.safetensors` file: header parsed and validated on open, data read per tensor."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.paths = (Path(path),)
+        self._fh = None
+        self._header, self._data_start = _read_st_header(self.paths[0])
+        self.metadata = self._header.pop("__metadata__", None) or {}
+
+    def keys(self) -> list[str]:
+        return list(self._header)
+
+    def _info(self, name: str) -> dict:
+        try:
+            return self._header[name]
+        except KeyError:
+            raise CheckpointError(f"tensor {name!r} is not in {self.paths[0]}") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._info(name)["shape"])
+
+    def dtype(self, name: str) -> torch.dtype:
+        return ST_DTYPES[self._info(name)["dtype"]]
+
+    def nbytes(self, name: str) -> int:
+        a, b = self._info(name)["data_offsets"]
+        return b - a
+
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        info = self._info(name)
+        a, b = info["data_offsets"]
+        out = torch.empty(info["shape"], dtype=ST_DTYPES[info["dtype"]])
+        if b > a:
+            if self._fh is None:
+                self._fh = open(self.paths[0], "rb", buffering=0)  # noqa: SIM115 (closed in close())
+            buf = out.reshape(-1).view(torch.uint8).numpy()  # writable view of the tensor's bytes
+            self._fh.seek(self._data_start + a)
+            got = self._fh.readinto(memoryview(buf))
+            if got != b - a:
+                raise CheckpointError(f"{self.paths[0]}: tensor {name!r} is cut short "
+                                      f"({got} of {b - a} bytes); the file is truncated")
+        return _cast(out, dtype)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _read_st_header(path: Path) -> tuple[dict, int]:
+    """Parse and validate a safetensors header: (header dict, byte offset of the data block)."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} does not exist")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is not a safetensors file: only {size} bytes long")
+        (n,) = struct.unpack("<Q", head)
+        if n > _MAX_HEADER or 8 + n > size:
+            raise CheckpointError(f"{path} is truncated or not a safetensors file: the header says "
+                                  f"{n} header bytes but the file has {size} bytes")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e})") from None
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict) or info.get("dtype") not in ST_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has an unsupported or broken header entry {info!r}")
+        end = max(end, info["data_offsets"][1])
+    if 8 + n + end > size:
+        raise CheckpointError(f"{path} is truncated: its tensors need {8 + n + end} bytes "
+                              f"but the file has {size} bytes (re-download it)")
+    return header, 8 + n
+
+
+class ShardedSafetensors(TensorSource):
+    """A sharded safetensors set described by `*.safetensors.index.json` (`weight_map`)."""
+
+    def __init__(self, index_path: str | Path) -> None:
+        index_path = Path(index_path)
+        try:
+            index = json.loads(index_path.read_text())
+            weight_map: dict[str, str] = index["weight_map"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index_path} is not a readable safetensors index ({e!r})") from None
+        shard_names = sorted(set(weight_map.values()))
+        missing = [s for s in shard_names if not (index_path.parent / s).is_file()]
+        if missing:
+            raise CheckpointError(f"shard {missing[0]} listed in {index_path} is missing from "
+                                  f"{index_path.parent} ({len(missing)} of {len(shard_names)} shards missing)")
+        self._shards = {s: SafetensorsFile(index_path.parent / s) for s in shard_names}
+        self._where: dict[str, SafetensorsFile] = {}
+        for name, shard in weight_map.items():
+            f = self._shards[shard]
+            if name not in f._header:
+                raise CheckpointError(f"{index_path} lists tensor {name!r} in {f.path}, which lacks it")
+            self._where[name] = f
+        self.paths = (index_path, *(f.path for f in self._shards.values()))
+        self.metadata = dict(index.get("metadata") or {})
+        for f in self._shards.values():
+            self.metadata.update(f.metadata)
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def _f(self, name: str) -> SafetensorsFile:
+        try:
+            return self._where[name]
+        except KeyError:
+            raise CheckpointError(f"tensor {name!r} is not in {self.paths[0]}") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._f(name).shape(name)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._f(name).dtype(name)
+
+    def nbytes(self, name: str) -> int:
+        return self._f(name).nbytes(name)
+
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self._f(name).get(name, dtype)
+
+    def file_of(self, name: str) -> Path:
+        return self._f(name).path
+
+    def close(self) -> None:
+        for f in self._shards.values():
+            f.close()
+
+
+class PickleSource(TensorSource):
+    """A `torch.save`d state dict, opened with `torch.load(mmap=True, weights_only=True)`."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        self.paths = (path,)
+        self.metadata = {}
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint file {path} does not exist")
+        sd = _torch_load(path)
+        for wrapper in ("state_dict", "model", "module"):  # common training-checkpoint wrappers
+            if isinstance(sd, dict) and set(sd) == {wrapper} and isinstance(sd[wrapper], dict):
+                sd = sd[wrapper]
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise CheckpointError(f"{path} does not hold a state dict of tensors")
+        self._sd: dict[str, torch.Tensor] = sd
+
+    def keys(self) -> list[str]:
+        return list(self._sd)
+
+    def _t(self, name: str) -> torch.Tensor:
+        try:
+            return self._sd[name]
+        except KeyError:
+            raise CheckpointError(f"tensor {name!r} is not in {self.paths[0]}") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._t(name).shape)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._t(name).dtype
+
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return _cast(self._t(name), dtype)
+
+    def close(self) -> None:
+        self._sd = {}
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    except RuntimeError as e:
+        if "mmap" in str(e) and "zipfile" in str(e):  # legacy (pre-1.6) format cannot be mapped
+            try:
+                return torch.load(path, weights_only=True, map_location="cpu")
+            except (RuntimeError, EOFError, OSError) as e2:
+                raise CheckpointError(f"{path} cannot be read as a torch checkpoint: {e2}") from None
+        raise CheckpointError(f"{path} is truncated or not a torch checkpoint: {e}") from None
+    except (EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{path} is truncated or not a weights-only torch checkpoint: {e!r}") from None
+
+
+def find_index(folder: Path) -> Path | None:
+    """The `*.safetensors.index.json` in a folder (None if there is none; error if several)."""
+    found = sorted(folder.glob("*.safetensors.index.json"))
+    if len(found) > 1:
+        raise CheckpointError(f"{folder} holds several safetensors indexes ({[f.name for f in found]}); "
+                              "point at one of them")
+    return found[0] if found else None
+
+
+def open_tensors(path: str | Path) -> TensorSource:
+    """Open a checkpoint file, shard index or folder of one; headers only, no tensor data."""
+    p = Path(path)
+    if p.is_dir():
+        idx = find_index(p)
+        if idx is not None:
+            return ShardedSafetensors(idx)
+        files = sorted(p.glob("*.safetensors"))
+        if len(files) == 1:
+            return SafetensorsFile(files[0])
+        raise CheckpointError(f"{p} holds no safetensors index and {len(files)} .safetensors files; "
+                              "expected an index.json or exactly one weights file")
+    if not p.exists():
+        raise CheckpointError(f"checkpoint file {p} does not exist")
+    name = p.name.lower()
+    if name.endswith(".index.json"):
+        return ShardedSafetensors(p)
+    if name.endswith(".safetensors"):
+        return SafetensorsFile(p)
+    if name.endswith((".pth", ".pt", ".bin", ".ckpt")):
+        return PickleSource(p)
+    if name.endswith(".gguf"):
+        return _open_gguf(p)
+    raise CheckpointError(f"{p}: unknown checkpoint type; expected .safetensors, "
+                          ".safetensors.index.json, .pth/.pt or .gguf")
+
+
+def _open_gguf(p: Path) -> TensorSource:
+    try:
+        from wanmoe.loading import gguf as gguf_mod
+    except ImportError as e:
+        raise CheckpointError(f"{p}: GGUF support is unavailable ({e}); install `gguf`") from None
+    opener = getattr(gguf_mod, "open_gguf", None) or getattr(gguf_mod, "GGUFSource", None)
+    if opener is None:
+        raise CheckpointError(f"{p}: wanmoe.loading.gguf provides no GGUF reader")
+    src = opener(p)
+    return src if isinstance(src, TensorSource) else ForeignSource(src, p)
+
+
+class ForeignSource(TensorSource):
+    """Adapter giving a duck-typed reader (the GGUF one) the full TensorSource interface."""
+
+    def __init__(self, inner, path: Path) -> None:
+        self.inner = inner
+        self.paths = (Path(path),)
+        self.metadata = getattr(inner, "metadata", {}) or {}
+
+    def keys(self) -> list[str]:
+        return list(self.inner.keys())
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.inner.shape(name))
+
+    def dtype(self, name: str) -> torch.dtype | str:
+        return self.inner.dtype(name)
+
+    def get(self, name: str, dtype: torch.dtype | None = None):
+        return self.inner.get(name, dtype)
+
+    def nbytes(self, name: str) -> int | None:
+        own = getattr(self.inner, "nbytes", None)
+        if own is not None:
+            return own(name)
+        dt = self.dtype(name)
+        if not isinstance(dt, str):
+            return super().nbytes(name)
+        from wanmoe.loading.detect import quant_nbytes
+
+        return quant_nbytes(self.shape(name), dt)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def stat_size(paths: tuple[Path, ...]) -> int:
+    """Total bytes on disk of a source's files."""
+    return sum(os.path.getsize(p) for p in paths if Path(p).is_file())

@@ -1,0 +1,215 @@
+"""Wan DiT (official `WanModel`): official state-dict names, official numerics (spec §2).
+
+Two precision modes, chosen with `set_compute_dtype`:
+* float32: every op in fp32 (RoPE and the sinusoid in float64 as upstream).
+* bfloat16: the official default run (fp32 parameters under CUDA bf16 autocast with the model's
+  nested fp32 regions, spec §2.8) reproduced with explicit casts, so CPU and GPU agree. bf16:
+  patch embedding, text MLP, q/k/v/o, FFN. fp32: time MLPs, modulation, norms, RoPE, head, and
+  the residual stream from block 0's first gated add on.
+Layers compute in their input's dtype (`layers.CastLinear`), so weights may be stored in fp32 or
+in `storage_dtype(name, compute_dtype)` with bit-identical results.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import nn
+
+from wanmoe.configs import DiTConfig
+from wanmoe.errors import InputError
+from wanmoe.models.layers import (CastConv3d, CastLinear, TanhGELU, WanLayerNorm, WanRMSNorm,
+                                  sinusoidal_embedding, xavier_uniform_)
+from wanmoe.models.rope import rope_apply, rope_table
+from wanmoe.runtime.attention import attention
+
+COMPUTE_DTYPES = (torch.float32, torch.bfloat16)
+
+# Parameters computed in the low-precision region under the official bf16 autocast (spec §2.8).
+_LOWP_PARAM = re.compile(
+    r"^(patch_embedding|text_embedding\.[02]|blocks\.\d+\.(self_attn|cross_attn)\.[qkvo]"
+    r"|blocks\.\d+\.ffn\.[02])\.(weight|bias)$")
+
+
+class WanAttention(nn.Module):
+    """q/k/v/o projections with full-width RMSNorm on q and k (self- or cross-attention)."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (CastLinear(dim, dim) for _ in range(4))
+        self.norm_q = WanRMSNorm(dim, eps)
+        self.norm_k = WanRMSNorm(dim, eps)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(2, (self.num_heads, -1))  # [B, L, N, hd]
+
+    def forward(self, x, kv, lowp, rope=None, k_lens=None):
+        """x [B, L, d] (queries), kv [B, Lk, d] (keys/values source); returns o-projection output."""
+        q = self._heads(self.norm_q(self.q(x.to(lowp))))  # fp32 in bf16 mode (fp32 norm weight)
+        k = self._heads(self.norm_k(self.k(kv.to(lowp))))
+        v = self._heads(self.v(kv.to(lowp)))
+        if rope is not None:
+            q, k = rope_apply(q, rope), rope_apply(k, rope)  # float64 -> float32
+        # The official flash-attn call rounds q/k/v to bf16; o then runs in bf16 again.
+        y = attention(q.to(lowp), k.to(lowp), v.to(lowp), k_lens)  # [B, L, N, hd]
+        return self.o(y.flatten(2))
+
+
+class WanBlock(nn.Module):
+    """One DiT block: modulated self-attn, affine-norm cross-attn, modulated FFN (spec §2.5)."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.norm1 = WanLayerNorm(d, cfg.eps)
+        self.self_attn = WanAttention(d, cfg.num_heads, cfg.eps)
+        self.norm3 = WanLayerNorm(d, cfg.eps, elementwise_affine=True)
+        self.cross_attn = WanAttention(d, cfg.num_heads, cfg.eps)
+        self.norm2 = WanLayerNorm(d, cfg.eps)
+        self.ffn = nn.Sequential(CastLinear(d, cfg.ffn_dim), TanhGELU(), CastLinear(cfg.ffn_dim, d))
+        self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
+
+    def forward(self, x, e0, context, rope, k_lens, lowp):
+        """x [B, L, d] (bf16 before block 0's first add, fp32 after); e0 [B, L or 1, 6, d] fp32."""
+        m = (self.modulation.float().unsqueeze(0) + e0).unbind(2)  # 6 x [B, L|1, d] fp32
+        h = self.norm1(x).float() * (1 + m[1]) + m[0]
+        y = self.self_attn(h, h, lowp, rope, k_lens)
+        x = x + y * m[2]  # fp32 from here on (y promoted, as in the official fp32 region)
+        x = x + self.cross_attn(self.norm3(x), context, lowp)
+        h = self.norm2(x).float() * (1 + m[4]) + m[3]
+        y = self.ffn(h.to(lowp))
+        return x + y * m[5]
+
+
+class WanHead(nn.Module):
+    """Output head: modulated non-affine LayerNorm + Linear, all in fp32 (spec §2.6)."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.norm = WanLayerNorm(cfg.dim, cfg.eps)
+        self.head = CastLinear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """x [B, L, d], e [B, L|1, d] fp32 -> [B, L, prod(patch) * C_out] fp32."""
+        m = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(2)
+        return self.head(self.norm(x.float()) * (1 + m[1]) + m[0])
+
+
+class WanDiT(nn.Module):
+    """The Wan2.x text-to-video diffusion transformer with official parameter names."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.compute_dtype = torch.float32
+        self.patch_embedding = CastConv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(CastLinear(cfg.text_dim, d), TanhGELU(), CastLinear(d, d))
+        self.time_embedding = nn.Sequential(CastLinear(cfg.freq_dim, d), nn.SiLU(), CastLinear(d, d))
+        self.time_projection = nn.Sequential(nn.SiLU(), CastLinear(d, 6 * d))
+        self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = WanHead(cfg)
+
+    # ---- precision -------------------------------------------------------------------------
+    def set_compute_dtype(self, dtype: torch.dtype) -> WanDiT:
+        """Select fp32 or the official bf16 mixed precision for later forwards; returns self."""
+        if dtype not in COMPUTE_DTYPES:
+            raise InputError(f"DiT compute dtype {dtype} is not supported; use torch.float32 or torch.bfloat16")
+        self.compute_dtype = dtype
+        return self
+
+    @staticmethod
+    def storage_dtype(name: str, compute_dtype: torch.dtype) -> torch.dtype:
+        """dtype to store parameter `name` in: compute dtype for bf16-region matmuls, else fp32."""
+        return compute_dtype if _LOWP_PARAM.match(name) else torch.float32
+
+    # ---- initialisation --------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Official WanModel.init_weights: xavier linears, N(0, .02) embeddings, zero head."""
+        with torch.no_grad():
+            for mod in self.modules():
+                if isinstance(mod, nn.Linear):
+                    nn.init.xavier_uniform_(mod.weight)
+                    nn.init.zeros_(mod.bias)
+            xavier_uniform_(self.patch_embedding.weight)
+            for seq in (self.text_embedding, self.time_embedding):
+                for mod in seq:
+                    if isinstance(mod, nn.Linear):
+                        nn.init.normal_(mod.weight, std=0.02)
+            nn.init.zeros_(self.head.head.weight)
+
+    # ---- forward ---------------------------------------------------------------------------
+    def time_embed(self, t: torch.Tensor, b: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps [B] or [B, L] -> e [B, L|1, d], e0 [B, L|1, 6, d] (fp32).
+
+        A sample whose timesteps are all equal is embedded once and broadcast over its tokens
+        (the official code embeds every token: same values, L times less memory).
+        """
+        if t.dim() == 1:
+            t = t[:, None]
+        if t.shape[0] != b or t.shape[1] not in (1, seq_len):
+            raise InputError(f"timestep shape {tuple(t.shape)} does not fit batch {b} and seq_len {seq_len}; "
+                             f"pass [B] or [B, seq_len]")
+        if t.shape[1] > 1 and bool((t == t[:, :1]).all()):
+            t = t[:, :1]
+        sin = sinusoidal_embedding(self.cfg.freq_dim, t).float()  # [B*l, freq_dim]
+        e = self.time_embedding(sin)
+        e0 = self.time_projection(e).unflatten(1, (6, self.cfg.dim))
+        return e.view(b, t.shape[1], -1), e0.view(b, t.shape[1], 6, -1)
+
+    def embed_text(self, context: list[torch.Tensor], lowp: torch.dtype) -> torch.Tensor:
+        """List of [L_i, text_dim] -> zero-padded to text_len -> text MLP -> [B, text_len, d]."""
+        rows = []
+        for i, c in enumerate(context):
+            if c.dim() != 2 or c.shape[0] > self.cfg.text_len or c.shape[1] != self.cfg.text_dim:
+                raise InputError(f"context[{i}] has shape {tuple(c.shape)}; expected [L <= {self.cfg.text_len}, "
+                                 f"{self.cfg.text_dim}]")
+            rows.append(torch.cat([c, c.new_zeros(self.cfg.text_len - c.shape[0], c.shape[1])]))
+        return self.text_embedding(torch.stack(rows).to(lowp))
+
+    def _check_inputs(self, x: torch.Tensor, context: list[torch.Tensor]) -> None:
+        cfg = self.cfg
+        if x.dim() != 5 or x.shape[1] != cfg.in_dim:
+            raise InputError(f"latent shape {tuple(x.shape)} is not [B, {cfg.in_dim}, F, H, W]")
+        bad = [s for s, p in zip(x.shape[2:], cfg.patch_size) if s % p]
+        if bad:
+            raise InputError(f"latent grid {tuple(x.shape[2:])} is not divisible by patch {cfg.patch_size}")
+        if len(context) != x.shape[0]:
+            raise InputError(f"got {len(context)} contexts for a batch of {x.shape[0]}; pass one per sample")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: list[torch.Tensor],
+                seq_len: int | None = None) -> torch.Tensor:
+        """x [B, C_in, F, H, W], t [B] or [B, L], context list of [L_i, text_dim] -> [B, C_out, F, H, W] f32."""
+        self._check_inputs(x, context)
+        lowp = self.compute_dtype
+        b = x.shape[0]
+        tokens = self.patch_embedding(x.to(lowp))  # [B, d, F', H', W'] (bf16 in bf16 mode)
+        grid = tuple(tokens.shape[2:])
+        n = math.prod(grid)
+        seq_len = n if seq_len is None else seq_len
+        if seq_len < n:
+            raise InputError(f"seq_len {seq_len} is smaller than the token count {n} of grid {grid}")
+        h = tokens.flatten(2).transpose(1, 2)  # [B, n, d]
+        if seq_len > n:
+            h = torch.cat([h, h.new_zeros(b, seq_len - n, h.shape[2])], dim=1)  # [B, L, d]
+        k_lens = torch.full((b,), n, dtype=torch.long, device=x.device) if seq_len > n else None
+        e, e0 = self.time_embed(t.to(x.device), b, seq_len)
+        ctx = self.embed_text(context, lowp)
+        rope = rope_table(grid, self.cfg.rope_split, seq_len, device=x.device)
+        for block in self.blocks:
+            h = block(h, e0, ctx, rope, k_lens, lowp)
+        out = self.head(h, e)  # [B, L, prod(patch) * C_out] fp32
+        return self.unpatchify(out[:, :n], grid)
+
+    def unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[B, n, pt*ph*pw*C] with (pt, ph, pw, c) order, c fastest -> [B, C, F*pt, H*ph, W*pw]."""
+        b = out.shape[0]
+        pt, ph, pw = self.cfg.patch_size
+        f, h, w = grid
+        u = out.reshape(b, f, h, w, pt, ph, pw, -1)
+        u = u.permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C, F, pt, H, ph, W, pw]
+        return u.reshape(b, -1, f * pt, h * ph, w * pw).float()

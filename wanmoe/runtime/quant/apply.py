@@ -1,0 +1,139 @@
+"""Swap a DiT's block linears for quantised ones; install GGUF / fp8 weights during a load.
+
+Which tensors are quantised follows spec formats.md §4 and the official fp32 regions
+(wan22.md §2.8): only the q/k/v/o projections of self- and cross-attention and the two FFN
+linears of every block. Modulation tables, patch/text/time embeddings, time_projection, the
+head, norms and all biases stay in high precision.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from wanmoe.errors import CheckpointError, InputError
+from wanmoe.runtime.quant.gguf_dequant import GGUFWeight
+from wanmoe.runtime.quant.linear import DequantWorkspace, FP8Linear, GGUFLinear, Int8Linear
+
+MODES = ("bf16", "fp8", "int8", "keep")
+# Official names of the block linears that are quantised (module paths, no ".weight").
+BLOCK_LINEAR_RE = re.compile(r"^blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])$")
+
+
+@dataclass
+class FP8Weight:
+    """Our scaled-fp8 tensor pair (`X.weight` float8_e4m3fn + `X.weight_scale` fp32 [out, 1])."""
+
+    weight: torch.Tensor
+    scale: torch.Tensor
+
+
+def is_block_linear(module_name: str) -> bool:
+    """True for the module paths `quantize_model` swaps (e.g. `blocks.3.ffn.2`)."""
+    return BLOCK_LINEAR_RE.match(module_name) is not None
+
+
+def block_linears(model: nn.Module):
+    """(name, module) of every quantisable block linear of a DiT, in module order."""
+    for name, module in model.named_modules():
+        if is_block_linear(name):
+            yield name, module
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, new)
+
+
+def quantize_model(model: nn.Module, mode: str, use_scaled_mm: bool = False) -> nn.Module:
+    """Convert the block linears of a loaded DiT in place; returns the model.
+
+    bf16: weights stored in bf16 (nn.Linear kept); fp8: `FP8Linear` (per-channel scales);
+    int8: `Int8Linear`; keep: leave everything as loaded (e.g. GGUF weights installed by
+    `install_quantized` stay quantised).
+    """
+    if mode not in MODES:
+        raise InputError(f"weights mode {mode!r} is not one of {', '.join(MODES)}")
+    if mode == "keep":
+        return model
+    for name, module in list(block_linears(model)):
+        if not isinstance(module, nn.Linear):
+            raise InputError(f"{name} is a {type(module).__name__} (already quantised); "
+                             f"--weights {mode} needs dense weights, use --weights keep")
+        if mode == "bf16":
+            module.weight.data = module.weight.data.to(torch.bfloat16)
+        elif mode == "fp8":
+            _set_module(model, name, FP8Linear.from_linear(module, use_scaled_mm))
+        else:
+            _set_module(model, name, Int8Linear.from_linear(module))
+    return model
+
+
+def make_installer(workspace: DequantWorkspace | None = None, device=None):
+    """An `install_quantized(module, name, value)` callback bound to one shared workspace."""
+
+    def install(module: nn.Module, name: str, value) -> None:
+        install_quantized(module, name, value, workspace=workspace, device=device)
+
+    return install
+
+
+def install_quantized(module: nn.Module, name: str, value, workspace: DequantWorkspace | None = None,
+                      device=None) -> None:
+    """Install a non-torch weight (`GGUFWeight` or `FP8Weight`) under `name` of root `module`.
+
+    `name` is the official tensor name (`blocks.0.self_attn.q.weight`). The nn.Linear that owns
+    it is replaced by a `GGUFLinear` / `FP8Linear` that keeps the same `bias` parameter object,
+    so a bias streamed in before or after is kept. A quantised tensor that is not a Linear
+    weight (a file that quantised a norm or table) is dequantised into the existing parameter.
+    """
+    owner_name, _, leaf = name.rpartition(".")
+    try:
+        owner = module.get_submodule(owner_name) if owner_name else module
+    except AttributeError:
+        raise CheckpointError(f"tensor {name!r} has no matching module in {type(module).__name__}") from None
+    if leaf == "weight" and isinstance(owner, nn.Linear):
+        bias = owner.bias
+        if isinstance(value, GGUFWeight):
+            _check_shape(name, value.shape, (owner.out_features, owner.in_features))
+            new = GGUFLinear(value.to(device) if device is not None else value, bias, workspace)
+        elif isinstance(value, FP8Weight):
+            _check_shape(name, tuple(value.weight.shape), (owner.out_features, owner.in_features))
+            w, s = (value.weight, value.scale) if device is None else (value.weight.to(device), value.scale.to(device))
+            new = FP8Linear(w, s, bias)
+        else:
+            raise TypeError(f"install_quantized: unsupported value type {type(value).__name__} for {name}")
+        _set_module(module, owner_name, new)
+        return
+    _install_dense(owner, name, leaf, value, device)
+
+
+def _install_dense(owner: nn.Module, name: str, leaf: str, value, device) -> None:
+    target = getattr(owner, leaf, None)
+    if not isinstance(target, torch.Tensor):
+        raise CheckpointError(f"tensor {name!r} does not match a parameter of the model")
+    dtype = torch.float32 if target.is_meta or not target.is_floating_point() else target.dtype
+    if isinstance(value, GGUFWeight):
+        dense = value.dequantize(dtype)
+    elif isinstance(value, FP8Weight):
+        dense = (value.weight.float() * value.scale.reshape(-1, 1)).to(dtype)  # 2-D weights only
+    else:
+        raise TypeError(f"install_quantized: unsupported value type {type(value).__name__} for {name}")
+    _check_shape(name, tuple(dense.shape), tuple(target.shape))
+    if device is not None:
+        dense = dense.to(device)
+    setattr(owner, leaf, nn.Parameter(dense, requires_grad=False))
+
+
+def _check_shape(name: str, got: tuple, want: tuple) -> None:
+    if tuple(got) != tuple(want):
+        raise CheckpointError(f"tensor {name!r} has shape {tuple(got)} but the model expects {tuple(want)}")
+
+
+def quantized_bytes(model: nn.Module) -> int:
+    """Bytes held by the model's parameters and buffers (quantised weights at their real size)."""
+    tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())

@@ -1,0 +1,173 @@
+"""Quantised linear layers (weight-only): GGUF blocks, scaled fp8, int8 per channel.
+
+Each module keeps its weight quantised (on host and GPU) and dequantises it into the input's
+dtype just before the matmul, so it follows the DiT's compute dtype (bf16 or fp32) exactly as
+an `nn.Linear` would. Every module has a reference twin, `reference_forward` (plain
+dequantise-then-`F.linear`, fresh tensors, no fast path); tests compare the two.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wanmoe.runtime.quant.gguf_dequant import GGUFWeight, dequantize
+from wanmoe.runtime.quant.quantize import FP8_MAX, quantize_fp8, quantize_int8
+
+
+class DequantWorkspace:
+    """Reusable dequantisation buffers, one per (device, dtype, shape), shared by many layers.
+
+    Layers run one after another, so all layers of one weight shape can share a single buffer:
+    a 40-block A14B expert then needs two or three weight-sized buffers instead of 400 copies.
+    Only for inference: a layer does not use it when autograd needs the weight afterwards.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def buffer(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (torch.device(device), dtype, tuple(shape))
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = torch.empty(shape, dtype=dtype, device=device)
+            self._buffers[key] = buf
+        return buf
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+
+class _QuantLinear(nn.Module):
+    """Shared parts: bias handling, forward via `dequantized(dtype, ...)`, the reference twin."""
+
+    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        if bias is not None and not isinstance(bias, nn.Parameter):
+            bias = nn.Parameter(bias, requires_grad=False)
+        self.bias = bias  # kept as given (fp32 in the official layout), cast at use like nn.Linear
+
+    def dequantized(self, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _bias(self, dtype):
+        return None if self.bias is None else self.bias.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantized(x.dtype), self._bias(x.dtype))
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reference twin: dequantise to float32, cast to the input dtype, plain F.linear."""
+        w = self.dequantized(torch.float32).to(x.dtype)
+        return F.linear(x, w, self._bias(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, " \
+               f"bias={self.bias is not None}"
+
+
+class GGUFLinear(_QuantLinear):
+    """Linear whose weight stays in GGUF blocks; dequantised per call into a workspace buffer."""
+
+    def __init__(self, weight: GGUFWeight, bias: torch.Tensor | None = None,
+                 workspace: DequantWorkspace | None = None) -> None:
+        out_f, in_f = weight.shape
+        super().__init__(in_f, out_f, bias)
+        self.qtype = weight.qtype
+        self.register_buffer("qweight", weight.data, persistent=False)  # uint8 [out, row_bytes]
+        self.workspace = workspace  # None: a fresh tensor per call (the switch for the fast path)
+
+    @property
+    def gguf_weight(self) -> GGUFWeight:
+        return GGUFWeight(self.qweight, self.qtype, (self.out_features, self.in_features))
+
+    def dequantized(self, dtype, out=None):
+        return dequantize(self.qweight, self.qtype, (self.out_features, self.in_features), dtype, out=out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = None
+        if self.workspace is not None and not (torch.is_grad_enabled() and x.requires_grad):
+            out = self.workspace.buffer((self.out_features, self.in_features), x.dtype, x.device)
+        w = self.dequantized(x.dtype, out=out)
+        return F.linear(x, w, self._bias(x.dtype))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", qtype={self.qtype}"
+
+
+class FP8Linear(_QuantLinear):
+    """float8_e4m3fn weight with a float32 scale per output channel (w = q * scale).
+
+    Default: weight-only (dequantise, then a matmul in the input dtype) on any device.
+    `use_scaled_mm=True` runs `torch._scaled_mm` on CUDA GPUs with fp8 tensor cores
+    (compute capability >= 8.9), the input scaled to fp8 per tensor; elsewhere it falls back.
+    """
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
+                 use_scaled_mm: bool = False) -> None:
+        out_f, in_f = weight.shape
+        super().__init__(in_f, out_f, bias)
+        if weight.dtype != torch.float8_e4m3fn or scale.numel() != out_f:
+            raise ValueError(f"FP8Linear needs a float8_e4m3fn [out, in] weight and an [out, 1] scale, "
+                             f"got {weight.dtype} {tuple(weight.shape)} and {tuple(scale.shape)}")
+        # Same names and shapes as our fp8 safetensors layout: X.weight, X.weight_scale [out, 1].
+        self.register_buffer("weight", weight)
+        self.register_buffer("weight_scale", scale.float().reshape(out_f, 1))
+        self.use_scaled_mm = use_scaled_mm
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, use_scaled_mm: bool = False) -> "FP8Linear":
+        q, scale = quantize_fp8(linear.weight)
+        return cls(q, scale, linear.bias, use_scaled_mm)
+
+    def dequantized(self, dtype, out=None):
+        w = self.weight.float() * self.weight_scale  # [out, in] fp32; one rounding into `dtype`
+        return w.to(dtype) if out is None else out.copy_(w)
+
+    def _scaled_mm_ok(self, x: torch.Tensor) -> bool:
+        if not (self.use_scaled_mm and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)):
+            return False
+        if torch.cuda.get_device_capability(x.device) < (8, 9):
+            return False
+        return self.in_features % 16 == 0 and self.out_features % 16 == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._scaled_mm_ok(x):
+            return super().forward(x)
+        x2 = x.reshape(-1, self.in_features)  # [M, in]
+        x_scale = (x2.abs().amax().float() / FP8_MAX).clamp(min=1e-12)
+        xq = (x2.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        scale_a = x_scale.expand(x2.shape[0], 1).contiguous()  # row-wise form of a per-tensor scale
+        scale_b = self.weight_scale.view(1, -1)
+        y = torch._scaled_mm(xq, self.weight.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=x.dtype)
+        if self.bias is not None:
+            y = y + self._bias(x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class Int8Linear(_QuantLinear):
+    """int8 weight with a float32 scale per output channel (weight-only: dequantise, matmul)."""
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        out_f, in_f = weight.shape
+        super().__init__(in_f, out_f, bias)
+        if weight.dtype != torch.int8 or scale.numel() != out_f:
+            raise ValueError(f"Int8Linear needs an int8 [out, in] weight and an [out, 1] scale, "
+                             f"got {weight.dtype} {tuple(weight.shape)} and {tuple(scale.shape)}")
+        self.register_buffer("weight", weight)
+        self.register_buffer("weight_scale", scale.float().reshape(out_f, 1))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        q, scale = quantize_int8(linear.weight)
+        return cls(q, scale, linear.bias)
+
+    def dequantized(self, dtype, out=None):
+        w = self.weight.float() * self.weight_scale  # [out, in] fp32
+        return w.to(dtype) if out is None else out.copy_(w)

@@ -1,0 +1,1 @@
+"""Test helpers shipped with the package: tiny random checkpoints in the real release layouts."""

@@ -1,0 +1,43 @@
+"""Prompt -> context tensors: tokenizer + umT5 encoder, the official per-prompt call (spec §5.3)."""
+
+from __future__ import annotations
+
+import torch
+
+from wanmoe.text.tokenizer import PromptTokenizer
+from wanmoe.text.umt5 import UMT5Encoder
+
+
+class TextEncoder:
+    """Encodes each prompt in its own batch-1 call and trims it to its real length (incl. EOS)."""
+
+    def __init__(self, tokenizer: PromptTokenizer, model: UMT5Encoder) -> None:
+        self.tokenizer = tokenizer
+        self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs: the device of its token embedding (CPU for a `--t5-cpu` setup)."""
+        return self.model.token_embedding.weight.device
+
+    @property
+    def text_len(self) -> int:
+        return self.model.cfg.text_len
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str] | str) -> list[torch.Tensor]:
+        """Returns one `[L_i, dim]` tensor per prompt in the model's dtype, on the model's device.
+
+        Like the official code every prompt is a separate batch-1 forward over the full padded
+        length (`text_len`), so results do not depend on which prompts are encoded together.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        out = []
+        for prompt in prompts:
+            ids, mask = self.tokenizer([prompt], text_len=self.text_len)  # [1, text_len] each
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            context = self.model(ids, mask)  # [1, text_len, dim]
+            length = int(mask.gt(0).sum())
+            out.append(context[0, :length])
+        return out

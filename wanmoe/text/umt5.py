@@ -1,0 +1,182 @@
+"""umT5 encoder with the official Wan parameter names (spec §5.2).
+
+T5 encoder, umT5 flavour: a separate relative-position table in every layer, no 1/sqrt(d) query
+scaling, no sqrt(d) embedding scaling, gated tanh-GELU FFN, RMSNorm with an fp32 mean. The module
+runs in its parameters' dtype with no autocast: bf16 parameters give the official bf16 semantics
+(spec §5.3), fp32 parameters give exact comparisons. No buffers: it builds cleanly on the meta
+device and the relative-position bucket table is computed per forward.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from wanmoe.configs import T5Config
+from wanmoe.errors import CheckpointError
+
+
+def relative_position_bucket(lq: int, lk: int, num_buckets: int = 32, max_distance: int = 128,
+                             device=None) -> torch.Tensor:
+    """Bidirectional T5 bucket of rel = key_pos - query_pos, int64 `[lq, lk]` (spec §5.2)."""
+    rel = torch.arange(lk, device=device)[None, :] - torch.arange(lq, device=device)[:, None]
+    half = num_buckets // 2
+    bucket = (rel > 0).long() * half  # keys after the query use the upper half
+    n = rel.abs()
+    max_exact = half // 2
+    # log-spaced buckets for n >= max_exact; ln in fp32 like the official code. The clamp only
+    # avoids log(0) in entries the `where` below discards.
+    n_large = n.clamp(min=max_exact)
+    large = max_exact + (torch.log(n_large.float() / max_exact)
+                         / math.log(max_distance / max_exact) * (half - max_exact)).long()
+    large = large.clamp(max=half - 1)
+    return bucket + torch.where(n < max_exact, n, large)
+
+
+class T5RMSNorm(nn.Module):
+    """T5 layer norm: no mean subtraction, no bias; the mean of squares in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + self.eps)  # fp32
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            y = y.to(self.weight.dtype)
+        return self.weight * y
+
+
+class TanhGELU(nn.Module):
+    """tanh-GELU as the explicit official formula, evaluated op by op in the input dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class T5Attention(nn.Module):
+    """Self-attention without query scaling; the additive bias carries positions and the mask."""
+
+    def __init__(self, dim: int, dim_attn: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim_attn // num_heads
+        self.q = nn.Linear(dim, dim_attn, bias=False)
+        self.k = nn.Linear(dim, dim_attn, bias=False)
+        self.v = nn.Linear(dim, dim_attn, bias=False)
+        self.o = nn.Linear(dim_attn, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, length, _ = x.shape
+        n, d = self.num_heads, self.head_dim
+        q = self.q(x).view(b, length, n, d).transpose(1, 2)  # [B, N, L, d]
+        k = self.k(x).view(b, length, n, d).transpose(1, 2)
+        v = self.v(x).view(b, length, n, d).transpose(1, 2)
+        logits = torch.matmul(q, k.transpose(-1, -2)) + bias  # [B, N, L, L], activation dtype
+        attn = torch.softmax(logits.float(), dim=-1).to(logits.dtype)
+        out = torch.matmul(attn, v).transpose(1, 2).reshape(b, length, n * d)
+        return self.o(out)
+
+
+class T5FeedForward(nn.Module):
+    """Gated-GELU FFN: fc2(fc1(x) * gelu_tanh(gate(x)))."""
+
+    def __init__(self, dim: int, dim_ffn: int) -> None:
+        super().__init__()
+        self.gate = nn.Sequential(nn.Linear(dim, dim_ffn, bias=False), TanhGELU())
+        self.fc1 = nn.Linear(dim, dim_ffn, bias=False)
+        self.fc2 = nn.Linear(dim_ffn, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(x) * self.gate(x))
+
+
+class T5RelativeEmbedding(nn.Module):
+    """Per-layer relative-position table `[num_buckets, heads]` (umT5: one in every block)."""
+
+    def __init__(self, num_buckets: int, num_heads: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_buckets, num_heads)
+
+    def forward(self, buckets: torch.Tensor) -> torch.Tensor:
+        return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)  # [1, N, Lq, Lk]
+
+
+def _fp16_clamp(x: torch.Tensor) -> torch.Tensor:
+    """Official overflow guard: only fp16 activations holding an inf are clamped."""
+    if x.dtype == torch.float16 and torch.isinf(x).any():
+        limit = torch.finfo(x.dtype).max - 1000
+        x = x.clamp(min=-limit, max=limit)
+    return x
+
+
+class T5Block(nn.Module):
+    """Pre-norm encoder block: x + Attn(norm1(x)), then x + FFN(norm2(x))."""
+
+    def __init__(self, cfg: T5Config) -> None:
+        super().__init__()
+        self.norm1 = T5RMSNorm(cfg.dim, cfg.eps)
+        self.attn = T5Attention(cfg.dim, cfg.dim_attn, cfg.num_heads)
+        self.norm2 = T5RMSNorm(cfg.dim, cfg.eps)
+        self.ffn = T5FeedForward(cfg.dim, cfg.dim_ffn)
+        self.pos_embedding = T5RelativeEmbedding(cfg.num_buckets, cfg.num_heads)
+
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        b, length, _ = x.shape
+        # official order: zeros in the activation dtype, += position bias, masked keys -> finfo.min
+        bias = x.new_zeros(b, self.attn.num_heads, length, length)
+        bias += self.pos_embedding(buckets).to(x.dtype)
+        bias.masked_fill_(~keep.view(b, 1, 1, length), torch.finfo(x.dtype).min)
+        x = _fp16_clamp(x + self.attn(self.norm1(x), bias))
+        return _fp16_clamp(x + self.ffn(self.norm2(x)))
+
+
+class UMT5Encoder(nn.Module):
+    """umT5(-XXL) encoder; state-dict names equal `models_t5_umt5-xxl-enc-bf16.pth`."""
+
+    def __init__(self, cfg: T5Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.blocks = nn.ModuleList(T5Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = T5RMSNorm(cfg.dim, cfg.eps)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """ids, mask `[B, L]` int64 (mask 1 = real token) -> `[B, L, dim]` in the parameter dtype."""
+        x = self.token_embedding(ids)  # [B, L, dim]; no sqrt(d) scaling
+        keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(x.device) > 0
+        buckets = relative_position_bucket(ids.shape[1], ids.shape[1], self.cfg.num_buckets,
+                                           self.cfg.max_distance, device=x.device)
+        for block in self.blocks:
+            x = block(x, buckets, keep)
+        return self.norm(x)
+
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def t5_config_from_shapes(shapes: Mapping[str, tuple], text_len: int = 512) -> T5Config:
+    """Infer the encoder config from official tensor names and shapes (HF names are mapped first)."""
+    if "shared.weight" in shapes or any(k.startswith("encoder.") for k in shapes):
+        from wanmoe.loading.keymaps_t5 import hf_state_to_official_names
+
+        shapes = hf_state_to_official_names(shapes)
+    need = ("token_embedding.weight", "blocks.0.attn.q.weight", "blocks.0.ffn.fc1.weight",
+            "blocks.0.pos_embedding.embedding.weight")
+    missing = [k for k in need if k not in shapes]
+    if missing:
+        raise CheckpointError(
+            f"not a umT5 encoder state dict: missing {missing} (expected official names such as "
+            f"token_embedding.weight, blocks.N.attn.q.weight, blocks.N.pos_embedding.embedding.weight)")
+    vocab, dim = tuple(shapes["token_embedding.weight"])
+    dim_attn = tuple(shapes["blocks.0.attn.q.weight"])[0]
+    dim_ffn = tuple(shapes["blocks.0.ffn.fc1.weight"])[0]
+    num_buckets, heads = tuple(shapes["blocks.0.pos_embedding.embedding.weight"])
+    layers = 1 + max(int(m.group(1)) for k in shapes if (m := _BLOCK.match(k)))
+    return T5Config(vocab_size=vocab, dim=dim, dim_attn=dim_attn, dim_ffn=dim_ffn,
+                    num_heads=heads, num_layers=layers, num_buckets=num_buckets, text_len=text_len)

@@ -1,0 +1,212 @@
+"""Validation of user input, run before any weights load.
+
+Every check raises `InputError` naming the value, the rule and the allowed choices or the nearest
+valid values. Nothing is silently rounded (house rule 7).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from .configs import ModelPreset
+from .errors import InputError
+from .models.experts import boundary_from_snr
+
+SOLVERS = ("unipc", "dpm++", "euler")
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+WEIGHT_MODES = ("bf16", "fp8", "int8", "keep")
+SEED_MAX = sys.maxsize  # the official random seed is drawn from [0, sys.maxsize]
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*[*xX×]\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated generation settings: every value filled in (preset default or user value)."""
+
+    width: int
+    height: int
+    frames: int
+    steps: int
+    shift: float
+    guide_scale: tuple[float, ...]  # one per expert, ordered high-noise -> low-noise
+    boundary: float | None  # timestep fraction; None for a dense model
+    solver: str
+    seed: int  # never -1: a random seed is drawn here
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'W*H' (official spelling) or 'WxH' -> (W, H)."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise InputError(f"size {text!r} is not WIDTH*HEIGHT (e.g. 1280*720; 'x' works too)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _nearest_multiples(value: int, k: int) -> str:
+    lo, hi = (value // k) * k, (value // k + 1) * k
+    return f"use {lo} or {hi}" if lo > 0 else f"use {hi}"
+
+
+def check_size(width: int, height: int, preset: ModelPreset) -> None:
+    """Width and height must be positive multiples of the preset's VAE stride x patch."""
+    k = preset.size_multiple
+    for label, v in (("width", width), ("height", height)):
+        if not isinstance(v, int) or v <= 0:
+            raise InputError(f"{label} {v!r} must be a positive integer")
+        if v % k:
+            raise InputError(f"{label} {v} is not a multiple of {k} (required by {preset.name}: "
+                             f"VAE stride x patch size); {_nearest_multiples(v, k)}")
+
+
+def check_frames(frames: int) -> None:
+    """Pixel frame count must be 4n+1 (the VAE keeps frame 0 and compresses the rest by 4)."""
+    if not isinstance(frames, int) or frames < 1:
+        raise InputError(f"frames {frames!r} must be an integer of the form 4n+1 >= 1 (1, 5, 9, ...)")
+    if (frames - 1) % 4:
+        lo = frames - (frames - 1) % 4
+        raise InputError(f"frames {frames} is not of the form 4n+1; use {lo} or {lo + 4}")
+
+
+def check_steps(steps: int) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps {steps!r} must be an integer >= 1")
+
+
+def check_shift(shift: float) -> None:
+    if not math.isfinite(float(shift)) or float(shift) <= 0:
+        raise InputError(f"shift {shift!r} must be a finite number > 0")
+
+
+def parse_guide_scale(value, n_experts: int) -> tuple[float, ...]:
+    """One value (used for every expert, as the official CLI does) or HIGH,LOW per expert."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace(" ", "").split(",")]
+        try:
+            vals = [float(p) for p in parts]
+        except ValueError:
+            raise InputError(f"guide scale {value!r} is not a number or a comma-separated "
+                             f"list of numbers (e.g. 4.0 or 4.0,3.0)") from None
+    elif isinstance(value, (int, float)):
+        vals = [float(value)]
+    else:
+        vals = [float(v) for v in value]
+    if len(vals) == 1:
+        vals = vals * n_experts
+    if len(vals) != n_experts:
+        allowed = "one value or HIGH,LOW" if n_experts == 2 else "one value"
+        raise InputError(f"guide scale {value!r} gives {len(vals)} values but the model has "
+                         f"{n_experts} expert(s); give {allowed}")
+    for v in vals:
+        if not math.isfinite(v) or v < 0:
+            raise InputError(f"guide scale {v} must be a finite number >= 0")
+    return tuple(vals)
+
+
+def check_boundary(boundary: float | None, boundary_snr: float | None,
+                   preset: ModelPreset) -> float | None:
+    """Resolve --boundary / --boundary-snr against the preset; None for dense models."""
+    if boundary is not None and boundary_snr is not None:
+        raise InputError("give either a boundary fraction or a boundary SNR, not both")
+    if preset.boundary is None:
+        if boundary is not None or boundary_snr is not None:
+            raise InputError(f"{preset.name} is a single-expert model; a MoE boundary does not apply")
+        return None
+    if boundary_snr is not None:
+        boundary = boundary_from_snr(boundary_snr)
+    if boundary is None:
+        return preset.boundary
+    if not 0.0 < float(boundary) < 1.0:
+        raise InputError(f"boundary {boundary!r} must lie strictly between 0 and 1 "
+                         f"(official {preset.boundary})")
+    return float(boundary)
+
+
+def check_solver(name: str) -> str:
+    if name not in SOLVERS:
+        raise InputError(f"solver {name!r} is not one of {', '.join(SOLVERS)}")
+    return name
+
+
+def resolve_seed(seed: int | None) -> int:
+    """-1 / None -> a random seed in [0, sys.maxsize] (official rule); else checked."""
+    if seed is None or seed == -1:
+        return random.SystemRandom().randint(0, SEED_MAX)
+    if not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise InputError(f"seed {seed!r} must be -1 (random) or an integer in [0, {SEED_MAX}]")
+    return seed
+
+
+def parse_dtype(dtype) -> torch.dtype:
+    """'bf16' | 'fp32' (or the torch dtype itself) -> torch dtype."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    raise InputError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+
+
+def check_weights(mode: str | None) -> str | None:
+    if mode is not None and mode not in WEIGHT_MODES:
+        raise InputError(f"weights {mode!r} is not one of {', '.join(WEIGHT_MODES)}")
+    return mode
+
+
+def parse_device(device) -> torch.device:
+    """Device string -> torch.device, refusing devices this machine does not have."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device {device!r} is not a device name (cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} requested but CUDA is not available on this "
+                             f"machine (torch {torch.__version__}); use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise InputError(f"device {device!r} does not exist; this machine has cuda:0..cuda:{n - 1}")
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise InputError(f"device {device!r} requested but MPS is not available")
+    elif dev.type != "cpu":
+        raise InputError(f"device {device!r} is not supported; use cpu or cuda[:N]")
+    return dev
+
+
+def settings_for(preset: ModelPreset, *, size=None, frames=None, steps=None, shift=None,
+                 guide_scale=None, boundary=None, boundary_snr=None, solver="unipc",
+                 seed=-1) -> Settings:
+    """Fill preset defaults into the user's values and check every one (no weights needed)."""
+    if size is None:
+        width, height = preset.size
+    elif isinstance(size, str):
+        width, height = parse_size(size)
+    else:
+        width, height = (int(v) for v in size)
+    check_size(width, height, preset)
+    frames = preset.frames if frames is None else frames
+    check_frames(frames)
+    steps = preset.steps if steps is None else steps
+    check_steps(steps)
+    shift = preset.shift if shift is None else float(shift)
+    check_shift(shift)
+    if guide_scale is None:
+        scales = tuple(e.guidance for e in preset.experts)
+    else:
+        scales = parse_guide_scale(guide_scale, len(preset.experts))
+    b = check_boundary(boundary, boundary_snr, preset)
+    return Settings(width=width, height=height, frames=frames, steps=steps, shift=shift,
+                    guide_scale=scales, boundary=b, solver=check_solver(solver),
+                    seed=resolve_seed(seed))
