@@ -17,6 +17,7 @@ FLOPs per forward (B=1, multiply-add = 2 FLOPs; L tokens, Lt = text_len, d, f = 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import platform
 import statistics
@@ -141,7 +142,7 @@ def run_gpu(args) -> None:
         cfg, grids = DiTConfig(dim=96, ffn_dim=128, num_heads=2, num_layers=2, in_dim=16, out_dim=16,
                                text_dim=32, text_len=16), SMOKE_GRIDS
     else:
-        cfg, grids = DiTConfig(**{**A14B_DIT.__dict__, "num_layers": args.layers}), GPU_GRIDS
+        cfg, grids = dataclasses.replace(A14B_DIT, num_layers=args.layers), GPU_GRIDS
     name = torch.cuda.get_device_name() if cuda else f"CPU smoke ({platform.machine()})"
     print(f"device: {name}; DiT d{cfg.dim} h{cfg.num_heads} ffn{cfg.ffn_dim} layers {cfg.num_layers}; "
           f"bf16 compute, bf16-region weights stored bf16")
@@ -175,7 +176,7 @@ def run_gpu(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gpu", action="store_true", help="A14B-width bf16 benchmark (default when CUDA is available)")
+    ap.add_argument("--gpu", action="store_true", help="A14B-width bf16 benchmark (default with CUDA)")
     ap.add_argument("--cpu", action="store_true", help="force the CPU fp32 comparison even with CUDA present")
     ap.add_argument("--smoke", action="store_true", help="run the GPU code path on CPU with a tiny config")
     ap.add_argument("--layers", type=int, default=40, help="DiT layers in GPU mode (A14B has 40)")

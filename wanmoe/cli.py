@@ -86,13 +86,13 @@ def _check_out(path: str | None, suffix: str, flag: str) -> Path | None:
         raise InputError(f"{flag} {path!r} must end in {suffix}")
     if p.is_dir():
         raise InputError(f"{flag} {path!r} is a folder; give a file name ending in {suffix}")
-    p.parent.mkdir(parents=True, exist_ok=True)
+    parent = next((q for q in p.resolve().parents if q.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise InputError(f"{flag} {path!r}: {parent} is not a folder, so the file cannot be written")
     return p
 
 
 def _cmd_generate(args) -> int:
-    import torch
-
     from . import pipeline as P
     from .validate import check_weights, parse_device, parse_dtype, settings_for
 
@@ -111,6 +111,9 @@ def _cmd_generate(args) -> int:
     print(f"model: {spec.preset.name} | size {settings.width}*{settings.height} | "
           f"{settings.frames} frames | {settings.steps} steps | solver {settings.solver} | "
           f"seed {settings.seed}", file=sys.stderr)
+    for p in (out, latents_path, strip_path):
+        if p is not None:
+            p.parent.mkdir(parents=True, exist_ok=True)  # only now that every value is valid
     pipe = P.load_pipeline(spec=spec, device=device, dtype=dtype, weights=args.weights,
                            offload=args.offload, text_encoder_device="cpu" if args.t5_cpu else None)
     result = pipe.generate(prompt, args.negative_prompt, settings=settings,
@@ -134,7 +137,6 @@ def _cmd_generate(args) -> int:
     print("time per stage: " + " | ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
     kind = "GPU max allocated" if device.type == "cuda" else "CPU peak RSS"
     print(f"peak memory: {P.describe_memory(result.peak_memory_bytes)} ({kind})")
-    del torch
     return 0
 
 

@@ -241,25 +241,29 @@ def resolve(path=None, *, high=None, low=None, vae=None, text_encoder=None, toke
                               tokenizer=tokenizer)
 
 
-def _dit_bytes(preset: ModelPreset, dtype: torch.dtype) -> int:
+def _dit_bytes(preset: ModelPreset, dtype: torch.dtype, weights=None) -> int:
     """Weight bytes of all experts at their storage dtypes, counted on a meta-built model."""
     from .models.dit import WanDiT
+    from .runtime.quant.apply import is_block_linear
 
     with torch.device("meta"):
         model = WanDiT(preset.dit)
-    per = sum(p.numel() * WanDiT.storage_dtype(n, dtype).itemsize
-              for n, p in model.named_parameters())
+    per = 0
+    for name, p in model.named_parameters():
+        quantised = weights in ("fp8", "int8") and name.endswith(".weight") and is_block_linear(name[:-7])
+        per += p.numel() * (1 if quantised else WanDiT.storage_dtype(name, dtype).itemsize)
     return per * len(preset.experts)
 
 
-def choose_offload(offload, preset: ModelPreset, device: torch.device, dtype: torch.dtype) -> bool:
+def choose_offload(offload, preset: ModelPreset, device: torch.device, dtype: torch.dtype,
+                   weights=None) -> bool:
     """The documented rule: explicit value wins; CPU never offloads; CUDA offloads when big."""
     if offload is not None:
         return bool(offload) and device.type != "cpu"
     if device.type != "cuda":
         return False
     total = torch.cuda.get_device_properties(device).total_memory
-    return _dit_bytes(preset, dtype) > OFFLOAD_FRACTION * total
+    return _dit_bytes(preset, dtype, weights) > OFFLOAD_FRACTION * total
 
 
 def _load_expert(spec, name: str, device: torch.device, dtype: torch.dtype, weights):
@@ -298,7 +302,7 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
         spec = resolve(path, high=high, low=low, vae=vae, text_encoder=text_encoder,
                        tokenizer=tokenizer)
     preset = spec.preset
-    off = choose_offload(offload, preset, dev, dt)
+    off = choose_offload(offload, preset, dev, dt, weights)
     dit_device = torch.device("cpu") if off else dev
     experts = {e.name: _load_expert(spec, e.name, dit_device, dt, weights) for e in preset.experts}
     t5_dev = torch.device("cpu") if off else text_dev

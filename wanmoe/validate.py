@@ -65,8 +65,8 @@ def check_size(width: int, height: int, preset: ModelPreset) -> None:
         if not isinstance(v, int) or v <= 0:
             raise InputError(f"{label} {v!r} must be a positive integer")
         if v % k:
-            raise InputError(f"{label} {v} is not a multiple of {k} (required by {preset.name}: "
-                             f"VAE stride x patch size); {_nearest_multiples(v, k)}")
+            raise InputError(f"{label} {v} is not a multiple of {k}; {_nearest_multiples(v, k)} "
+                             f"({preset.name}: VAE stride x patch size = {k})")
 
 
 def check_frames(frames: int) -> None:

@@ -33,7 +33,7 @@ def _run(capsys, *argv) -> str:
     rc = cli.main(["generate", "a red ball", *argv])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.startswith("error: ") and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err
     return err
 
 

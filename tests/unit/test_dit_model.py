@@ -10,6 +10,7 @@ from wanmoe.configs import DiTConfig
 from wanmoe.errors import InputError
 from wanmoe.models.dit import WanDiT
 from wanmoe.models.rope import rope_apply, rope_table
+from wanmoe.runtime.attention import attention_backend
 
 # fp32 forwards of the same math in a different batch layout / padding: a few ulps of the
 # output scale (~4) from different GEMM blocking; 1e-5 relative leaves a wide margin.
@@ -69,12 +70,14 @@ def test_batch_of_two_equals_two_singles(tiny):
         assert rel(both[i:i + 1], one) < RTOL_FP32
 
 
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])  # explicit mask / key slicing
 @torch.no_grad()
-def test_sequence_padding_is_masked(tiny):
-    x = torch.randn(1, 16, 3, 4, 6)  # 3*2*3 = 18 tokens
-    t, ctx = torch.tensor([700]), [torch.randn(9, 32)]
-    plain = tiny(x, t, ctx)
-    padded = tiny(x, t, ctx, seq_len=31)
+def test_sequence_padding_is_masked(tiny, backend):
+    x = torch.randn(2, 16, 3, 4, 6)  # 3*2*3 = 18 tokens
+    t, ctx = torch.tensor([700, 3]), [torch.randn(9, 32), torch.randn(2, 32)]
+    with attention_backend(backend):
+        plain = tiny(x, t, ctx)
+        padded = tiny(x, t, ctx, seq_len=31)
     assert padded.shape == plain.shape
     assert rel(padded, plain) < RTOL_FP32
 

@@ -105,8 +105,8 @@ def test_bf16_dtype_flow(monkeypatch):
     model(*inputs())
     expect_bf16 = r"patch_embedding|text_embedding(\.\d)?|blocks\.\d\.(self|cross)_attn(\.[qkvo])?" \
                   r"|blocks\.\d\.ffn(\.\d)?|blocks\.0\.norm1"  # norm1 of block 0: cast back to bf16 x
-    expect_fp32 = r"time_embedding(\.\d)?|time_projection(\.\d)?" \
-                  r"|blocks\.\d\.(self|cross)_attn\.norm_[qk]|blocks\.1\.norm1|blocks\.\d\.norm[23]|blocks\.\d|head(\.\w+)?"
+    expect_fp32 = r"time_embedding(\.\d)?|time_projection(\.\d)?|blocks\.\d\.(self|cross)_attn\.norm_[qk]" \
+                  r"|blocks\.1\.norm1|blocks\.\d\.norm[23]|blocks\.\d|head(\.\w+)?"
     for name, dt in seen.items():
         if re.fullmatch(expect_bf16, name):
             assert dt == torch.bfloat16, name

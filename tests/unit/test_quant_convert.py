@@ -61,7 +61,7 @@ def test_fp8_layout(src, tmp_path):
             assert got.dtype(name) == torch.float8_e4m3fn
             assert torch.equal(got.get(name).view(torch.uint8), q.view(torch.uint8))
             assert torch.equal(got.get(name + "_scale"), scale)
-    assert len(got.keys()) == len(sd) + 12 * CFG.num_layers  # one scale per block linear
+    assert len(got.keys()) == len(sd) + 10 * CFG.num_layers  # one scale per block linear
     assert torch.equal(got.get("head.modulation"), sd["head.modulation"])
 
 
@@ -82,7 +82,7 @@ def test_gguf_q8_0_layout(src, tmp_path):
             assert torch.equal(got, t), name
         else:
             assert g.dtype(name) == torch.float16 and torch.equal(got, t.half()), name
-    assert sum(isinstance(g.get(n), GGUFWeight) for n in g.keys()) == 12 * CFG.num_layers
+    assert sum(isinstance(g.get(n), GGUFWeight) for n in g.keys()) == 10 * CFG.num_layers
     assert g.dtype("patch_embedding.weight") == torch.float32 and g.shape("patch_embedding.weight")[2:] == (1, 2, 2)
     assert g.dtype("blocks.1.modulation") == torch.float32
     assert g.dtype("text_embedding.2.weight") == torch.float16  # non-block: kept, F16

@@ -113,6 +113,9 @@ def test_missing_or_empty_tokenizer_folder(tmp_path):
     with pytest.raises(CheckpointError, match="tokenizer.json.*spiece.model") as err:
         load_tokenizer(tmp_path / "empty")
     assert str(tmp_path / "empty") in str(err.value) and "config.json" in str(err.value)
+    (tmp_path / "ckpt" / "google" / "umt5-xxl").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="did you mean .*umt5-xxl"):
+        load_tokenizer(tmp_path / "ckpt")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_tokenizer(tmp_path / "nope")
     (tmp_path / "broken.json").write_text("{not json")

@@ -116,3 +116,14 @@ def test_bf16_runs_without_autocast_in_param_dtype():
     with torch.no_grad():
         out = model(ids, torch.ones_like(ids))
     assert out.dtype == torch.bfloat16 and out.shape == (2, 16, 32) and torch.isfinite(out).all()
+
+
+def test_caller_autocast_is_ignored():
+    """fp32 parameters stay fp32 inside a bf16 autocast region (the official T5 runs outside it)."""
+    model = _tiny_model()
+    ids = torch.randint(3, 64, (1, 16))
+    with torch.no_grad():
+        ref = model(ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(ids)
+    assert out.dtype == torch.float32 and torch.equal(out, ref)

@@ -81,3 +81,16 @@ def test_gif_frame_count(tmp_path):
     with av.open(str(path)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 4 and frames[0].shape == (48, 64, 3)
+
+
+def test_frames_to_uint8_clamps_and_truncates():
+    """spec §1.4: clamp to [-1, 1], (x+1)/2, x255, truncate (not round); [3,T,H,W] -> [T,H,W,3]."""
+    import torch
+
+    from wanmoe.pipeline import frames_to_uint8
+
+    x = torch.tensor([-1.5, -1.0, 0.0, 254.9 / 255 * 2 - 1, 1.0, 1.2])  # 6 pixel values
+    video = x.view(1, 1, 1, 6).expand(3, 1, 1, 6)  # [3, T=1, H=1, W=6]
+    out = frames_to_uint8(video)
+    assert out.shape == (1, 1, 6, 3) and out.dtype == torch.uint8
+    assert out[0, 0, :, 0].tolist() == [0, 0, 127, 254, 255, 255]  # 127.5 -> 127, 254.9 -> 254

@@ -121,18 +121,29 @@ def _start_for(motion: str, half: float, rng: random.Random) -> tuple[float, flo
     return (x, y)
 
 
-def _separated_start(first: SceneObject, half: float, rng: random.Random) -> tuple[float, float]:
-    """Start for a second object with the same motion, far enough from `first` not to touch."""
+def _separated_start(first: SceneObject, half: float, rng: random.Random
+                     ) -> tuple[float, float] | None:
+    """Start for a second object with the same motion that never touches `first` (or None)."""
     grow = 1.8 if first.motion == "grow" else 1.0
-    need = grow * 1.25 * (SIZES[first.size] + half) / 128 + 0.04
-    best, best_d = first.start, -1.0
+    need = grow * 1.3 * (SIZES[first.size] + half) / 128 + 0.05
     for _ in range(50):
         p = _start_for(first.motion, half, rng)
-        d = math.dist(p, first.start)
-        if d >= need:
+        if math.dist(p, first.start) >= need:
             return p
-        best, best_d = (p, d) if d > best_d else (best, best_d)
-    return best
+    return None
+
+
+def _second_object(first: SceneObject, rng: random.Random) -> SceneObject | None:
+    """A second object (other colour and shape, same motion, training triple) or None."""
+    while True:
+        o = _make_object(rng, False, avoid_colour=first.colour)
+        if o.shape != first.shape and not is_held_out(o.colour, o.shape, first.motion):
+            break
+    for size in dict.fromkeys((o.size, "small")):
+        start = _separated_start(first, SIZES[size], rng)
+        if start is not None:
+            return SceneObject(o.shape, o.colour, size, first.motion, start)
+    return None
 
 
 def _make_object(rng: random.Random, held_out: bool, avoid_colour: str | None = None) -> SceneObject:
@@ -157,11 +168,8 @@ def sample_scene(seed: int, held_out: bool = False, num_objects: int | None = No
     first = _make_object(rng, held_out)
     objects = [first]
     if n == 2:  # both objects share one motion so the caption stays one clause
-        second = _make_object(rng, False, avoid_colour=first.colour)
-        while second.shape == first.shape or is_held_out(second.colour, second.shape, first.motion):
-            second = _make_object(rng, False, avoid_colour=first.colour)
-        start = _separated_start(first, SIZES[second.size], rng)
-        objects.append(SceneObject(second.shape, second.colour, second.size, first.motion, start))
+        second = _second_object(first, rng)
+        objects += [second] if second is not None else []
     background = rng.choice(list(BACKGROUNDS))
     objects = tuple(objects)
     return Scene(objects, background, caption(objects, background, rng))
@@ -278,11 +286,12 @@ def held_out_scenes(n: int, seed: int = 12345, num_objects: int | None = 1) -> l
         obj = SceneObject(shape, colour, size, motion, _start_for(motion, SIZES[size], rng))
         objs = (obj,)
         if num_objects == 2:
-            s = sample_scene(seed + i, held_out=False, num_objects=2).objects[1]
-            while s.colour == colour or s.shape == shape or is_held_out(s.colour, s.shape, motion):
-                s = _make_object(rng, False, avoid_colour=colour)
-            objs = (obj, SceneObject(s.shape, s.colour, s.size, motion,
-                                     _separated_start(obj, SIZES[s.size], rng)))
+            second = None
+            while second is None:  # shrink the first object until a second one fits
+                second = _second_object(obj, rng)
+                obj = second and obj or SceneObject(shape, colour, "small", motion,
+                                                    _start_for(motion, SIZES["small"], rng))
+            objs = (obj, second)
         bg = rng.choice(list(BACKGROUNDS))
         out.append(Scene(objs, bg, caption(objs, bg, rng)))
     return out

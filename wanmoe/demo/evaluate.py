@@ -109,7 +109,7 @@ def analyse(frames: np.ndarray) -> ClipAnalysis:
         track.append((xx[m].mean(), yy[m].mean(), a) if a >= MIN_AREA_FRAC * m.size
                      else (math.nan, math.nan, a))
     votes = _palette_votes(frames, masks)
-    colours = tuple(sorted((c for c, v in votes.items() if v >= 0.15), key=lambda c: -votes[c]))
+    colours = tuple(sorted((c for c, v in votes.items() if v >= 0.05), key=lambda c: -votes[c]))
     counts = sorted(_count(masks[i]) for i in (0, t // 2, t - 1))
     motion = _classify_motion(np.array(track, dtype=np.float64), min(h, w))
     return ClipAnalysis(colours, counts[1], motion, tuple(track))

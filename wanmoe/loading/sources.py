@@ -98,14 +98,37 @@ def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return t if dtype is None or t.dtype == dtype else t.to(dtype)
 
 
+class Staging:
+    """One reusable byte buffer for reads that are cast on the way in (see `SafetensorsFile.get`).
+
+    Reading each source tensor into a fresh allocation and freeing it after the cast fragments
+    the heap (glibc keeps the holes), so RSS grew by a full source tensor per tensor; a single
+    staging buffer keeps the overhead at the largest source tensor.
+    """
+
+    def __init__(self) -> None:
+        self.buf: torch.Tensor | None = None
+
+    def take(self, nbytes: int, reserve: int) -> torch.Tensor:
+        if self.buf is None or self.buf.numel() < nbytes:
+            self.buf = None  # free the old buffer before allocating the larger one
+            self.buf = torch.empty(max(nbytes, reserve), dtype=torch.uint8)
+        return self.buf[:nbytes]
+
+    def release(self) -> None:
+        self.buf = None
+
+
 class SafetensorsFile(TensorSource):
     """One `.safetensors` file: header parsed and validated on open, data read per tensor."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, staging: Staging | None = None) -> None:
         self.paths = (Path(path),)
         self._fh = None
         self._header, self._data_start = _read_st_header(self.paths[0])
         self.metadata = self._header.pop("__metadata__", None) or {}
+        self._staging = staging or Staging()
+        self._reserve: dict[str, int] = {}
 
     def keys(self) -> list[str]:
         return list(self._header)
@@ -126,25 +149,40 @@ class SafetensorsFile(TensorSource):
         a, b = self._info(name)["data_offsets"]
         return b - a
 
+    def _largest(self, code: str) -> int:
+        """Bytes of the largest tensor stored as `code`: the staging size that serves them all."""
+        if code not in self._reserve:
+            self._reserve[code] = max(self.nbytes(n) for n, i in self._header.items() if i["dtype"] == code)
+        return self._reserve[code]
+
+    def _read(self, name: str, a: int, b: int, dst: torch.Tensor) -> None:
+        """Read bytes [a, b) of the data block into the uint8 tensor `dst`."""
+        if self._fh is None:
+            self._fh = open(self.paths[0], "rb", buffering=0)  # noqa: SIM115 (closed in close())
+        self._fh.seek(self._data_start + a)
+        got = self._fh.readinto(memoryview(dst.numpy()))
+        if got != b - a:
+            raise CheckpointError(f"{self.paths[0]}: tensor {name!r} is cut short "
+                                  f"({got} of {b - a} bytes); the file is truncated")
+
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         info = self._info(name)
         a, b = info["data_offsets"]
-        out = torch.empty(info["shape"], dtype=ST_DTYPES[info["dtype"]])
-        if b > a:
-            if self._fh is None:
-                self._fh = open(self.paths[0], "rb", buffering=0)  # noqa: SIM115 (closed in close())
-            buf = out.reshape(-1).view(torch.uint8).numpy()  # writable view of the tensor's bytes
-            self._fh.seek(self._data_start + a)
-            got = self._fh.readinto(memoryview(buf))
-            if got != b - a:
-                raise CheckpointError(f"{self.paths[0]}: tensor {name!r} is cut short "
-                                      f"({got} of {b - a} bytes); the file is truncated")
-        return _cast(out, dtype)
+        src_dt, shape = ST_DTYPES[info["dtype"]], info["shape"]
+        if dtype is None or dtype == src_dt or b == a:
+            out = torch.empty(shape, dtype=src_dt)
+            if b > a:
+                self._read(name, a, b, out.reshape(-1).view(torch.uint8))
+            return _cast(out, dtype)
+        stage = self._staging.take(b - a, self._largest(info["dtype"]))
+        self._read(name, a, b, stage)
+        return stage.view(src_dt).reshape(shape).to(dtype)  # the cast allocates the only new tensor
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        self._staging.release()
 
 
 def _read_st_header(path: Path) -> tuple[dict, int]:
@@ -192,7 +230,8 @@ class ShardedSafetensors(TensorSource):
         if missing:
             raise CheckpointError(f"shard {missing[0]} listed in {index_path} is missing from "
                                   f"{index_path.parent} ({len(missing)} of {len(shard_names)} shards missing)")
-        self._shards = {s: SafetensorsFile(index_path.parent / s) for s in shard_names}
+        staging = Staging()  # shared: one staging buffer for the whole set, not one per shard
+        self._shards = {s: SafetensorsFile(index_path.parent / s, staging) for s in shard_names}
         self._where: dict[str, SafetensorsFile] = {}
         for name, shard in weight_map.items():
             f = self._shards[shard]

@@ -48,9 +48,11 @@ class WanAttention(nn.Module):
 
     def forward(self, x, kv, lowp, rope=None, k_lens=None):
         """x [B, L, d] (queries), kv [B, Lk, d] (keys/values source); returns o-projection output."""
-        q = self._heads(self.norm_q(self.q(x.to(lowp))))  # fp32 in bf16 mode (fp32 norm weight)
-        k = self._heads(self.norm_k(self.k(kv.to(lowp))))
-        v = self._heads(self.v(kv.to(lowp)))
+        xl = x.to(lowp)
+        kvl = xl if kv is x else kv.to(lowp)
+        q = self._heads(self.norm_q(self.q(xl)))  # fp32 in bf16 mode (bf16 x fp32 norm weight)
+        k = self._heads(self.norm_k(self.k(kvl)))
+        v = self._heads(self.v(kvl))
         if rope is not None:
             q, k = rope_apply(q, rope), rope_apply(k, rope)  # float64 -> float32
         # The official flash-attn call rounds q/k/v to bf16; o then runs in bf16 again.
@@ -161,7 +163,7 @@ class WanDiT(nn.Module):
         e0 = self.time_projection(e).unflatten(1, (6, self.cfg.dim))
         return e.view(b, t.shape[1], -1), e0.view(b, t.shape[1], 6, -1)
 
-    def embed_text(self, context: list[torch.Tensor], lowp: torch.dtype) -> torch.Tensor:
+    def embed_text(self, context: list[torch.Tensor], lowp: torch.dtype, device=None) -> torch.Tensor:
         """List of [L_i, text_dim] -> zero-padded to text_len -> text MLP -> [B, text_len, d]."""
         rows = []
         for i, c in enumerate(context):
@@ -169,7 +171,7 @@ class WanDiT(nn.Module):
                 raise InputError(f"context[{i}] has shape {tuple(c.shape)}; expected [L <= {self.cfg.text_len}, "
                                  f"{self.cfg.text_dim}]")
             rows.append(torch.cat([c, c.new_zeros(self.cfg.text_len - c.shape[0], c.shape[1])]))
-        return self.text_embedding(torch.stack(rows).to(lowp))
+        return self.text_embedding(torch.stack(rows).to(device=device, dtype=lowp))  # [B, text_len, d]
 
     def _check_inputs(self, x: torch.Tensor, context: list[torch.Tensor]) -> None:
         cfg = self.cfg
@@ -198,7 +200,7 @@ class WanDiT(nn.Module):
             h = torch.cat([h, h.new_zeros(b, seq_len - n, h.shape[2])], dim=1)  # [B, L, d]
         k_lens = torch.full((b,), n, dtype=torch.long, device=x.device) if seq_len > n else None
         e, e0 = self.time_embed(t.to(x.device), b, seq_len)
-        ctx = self.embed_text(context, lowp)
+        ctx = self.embed_text(context, lowp, x.device)
         rope = rope_table(grid, self.cfg.rope_split, seq_len, device=x.device)
         for block in self.blocks:
             h = block(h, e0, ctx, rope, k_lens, lowp)

@@ -13,6 +13,7 @@ Select with `set_attention_backend(name)` or, scoped, `with attention_backend(na
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import math
 from collections.abc import Iterator
@@ -62,6 +63,7 @@ def attention_backend(name: str) -> Iterator[None]:
         _CHOICE.name = prev
 
 
+@functools.cache  # an import probe: failed imports would otherwise re-scan sys.path on every call
 def _flash_module():
     """flash-attn 3 (`flash_attn_interface`) or 2 (`flash_attn`) module, or None."""
     for mod in ("flash_attn_interface", "flash_attn"):

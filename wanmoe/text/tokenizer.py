@@ -109,9 +109,12 @@ def load_tokenizer(path: str | Path, text_len: int = 512) -> PromptTokenizer:
     if (path / "spiece.model").is_file():
         return PromptTokenizer(_convert_spiece(path), text_len, str(path / "spiece.model"))
     found = sorted(p.name for p in path.iterdir())[:10]
+    inner = [str(path / s) for s in ("google/umt5-xxl", "tokenizer") if (path / s).is_dir()]
+    hint = f"; did you mean {' or '.join(inner)}?" if inner else ""
     raise CheckpointError(
         f"tokenizer folder {path} has no usable tokenizer: expected tokenizer.json (preferred) or "
-        f"spiece.model, found {found or 'nothing'}; copy the google/umt5-xxl tokenizer files into it")
+        f"spiece.model, found {found or 'nothing'}; copy the google/umt5-xxl tokenizer files into "
+        f"it{hint}")
 
 
 def _read_tokenizer_json(tokenizer_cls, file: Path):

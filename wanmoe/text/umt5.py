@@ -148,13 +148,15 @@ class UMT5Encoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """ids, mask `[B, L]` int64 (mask 1 = real token) -> `[B, L, dim]` in the parameter dtype."""
-        x = self.token_embedding(ids)  # [B, L, dim]; no sqrt(d) scaling
-        keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(x.device) > 0
-        buckets = relative_position_bucket(ids.shape[1], ids.shape[1], self.cfg.num_buckets,
-                                           self.cfg.max_distance, device=x.device)
-        for block in self.blocks:
-            x = block(x, buckets, keep)
-        return self.norm(x)
+        # the official encoder runs before the DiT's autocast region opens: never inherit one
+        with torch.autocast(device_type=ids.device.type, enabled=False):
+            x = self.token_embedding(ids)  # [B, L, dim]; no sqrt(d) scaling
+            keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(x.device) > 0
+            buckets = relative_position_bucket(ids.shape[1], ids.shape[1], self.cfg.num_buckets,
+                                               self.cfg.max_distance, device=x.device)
+            for block in self.blocks:
+                x = block(x, buckets, keep)
+            return self.norm(x)
 
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")

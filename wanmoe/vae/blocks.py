@@ -22,15 +22,41 @@ def _as3(v: int | tuple[int, ...]) -> tuple[int, int, int]:
     return (v, v, v) if isinstance(v, int) else tuple(v)
 
 
+def _cpu_fast(x: torch.Tensor, enabled: bool) -> bool:
+    return enabled and x.device.type == "cpu" and x.dtype == torch.float32
+
+
 def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-           stride: tuple[int, int, int]) -> torch.Tensor:
-    """Unpadded 3-D convolution. On CPU in fp32 it calls oneDNN directly: PyTorch's heuristic
-    sends small inputs to `slow_conv3d` (~5x slower, and it is what tiny test/demo VAEs hit).
-    Reference twin: `F.conv3d`; switch off with `torch.backends.mkldnn.flags(enabled=False)`."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled
-            and torch.backends.mkldnn.is_available()):
-        return torch.mkldnn_convolution(x.contiguous(), weight.contiguous(), bias, (0, 0, 0), stride, (1, 1, 1), 1)
+           stride: tuple[int, int, int], fast_cpu: bool = True) -> torch.Tensor:
+    """Unpadded 3-D convolution; with `fast_cpu` on CPU in fp32 it calls oneDNN directly.
+
+    PyTorch's CPU heuristic sends inputs with few channels (B*C*T*H <= 20480) to `slow_conv3d`,
+    whose im2col buffer is 27x the input (285 MB peak for a 4-channel decoder at 256x256 where
+    oneDNN needs a fraction) and which is several times slower; tiny test and demo VAEs hit it.
+    Reference twin: `F.conv3d` (what upstream calls; fp32 round-off differences only).
+    On GPU this is always `F.conv3d` (cuDNN), as upstream.
+    """
+    if _cpu_fast(x, fast_cpu) and torch.backends.mkldnn.is_available() and weight.dtype == torch.float32:
+        return torch.mkldnn_convolution(x.contiguous(), weight.contiguous(), bias, (0, 0, 0), stride,
+                                        (1, 1, 1), 1)
     return F.conv3d(x, weight, bias, stride)
+
+
+def l2_normalize_channels(x: torch.Tensor, fast_cpu: bool = True) -> torch.Tensor:
+    """`F.normalize(x, dim=1)` (eps 1e-12). With `fast_cpu` on CPU the norm is sqrt(sum(x^2)):
+    PyTorch's CPU `linalg_vector_norm` over dim 1 is 8-36x slower for these layouts.
+    Reference twin: `F.normalize` (upstream's op; the norms differ by fp32 round-off)."""
+    if _cpu_fast(x, fast_cpu):
+        return x / x.square().sum(1, keepdim=True).sqrt().clamp_min(1e-12)
+    return F.normalize(x, dim=1)
+
+
+def use_reference_kernels(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch every VAE conv/norm of `model` to the plain upstream ops (F.conv3d, F.normalize)."""
+    for m in model.modules():
+        if isinstance(m, (CausalConv3d, RMSNorm)):
+            m.fast_cpu = not enabled
+    return model
 
 
 class CausalConv3d(nn.Conv3d):
@@ -41,6 +67,7 @@ class CausalConv3d(nn.Conv3d):
         super().__init__(in_dim, out_dim, kernel, stride=stride, padding=0)
         pt, ph, pw = _as3(padding)
         self.causal_pad = (2 * pt, ph, pw)  # (front time frames, h, w)
+        self.fast_cpu = True  # see conv3d(); use_reference_kernels() turns it off
 
     def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
         front, ph, pw = self.causal_pad
@@ -59,7 +86,7 @@ class CausalConv3d(nn.Conv3d):
             buf[:, :, zeros_t + n_hist:, ph:ph + h, pw:pw + w] = x
             x = buf
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return conv3d(x, self.weight.to(x.dtype), bias, self.stride)
+        return conv3d(x, self.weight.to(x.dtype), bias, self.stride, self.fast_cpu)
 
 
 class Conv2d(nn.Conv2d):
@@ -85,9 +112,10 @@ class RMSNorm(nn.Module):
         shape = (dim, 1, 1) if images else (dim, 1, 1, 1)  # images: 4-D per-frame input
         self.scale = dim ** 0.5
         self.gamma = nn.Parameter(torch.ones(shape))
+        self.fast_cpu = True  # see l2_normalize_channels(); use_reference_kernels() turns it off
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.normalize(x, dim=1)
+        y = l2_normalize_channels(x, self.fast_cpu)
         gamma = self.gamma.to(y.dtype)
         if torch.is_grad_enabled():
             return y * self.scale * gamma

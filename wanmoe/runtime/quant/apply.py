@@ -72,11 +72,24 @@ def quantize_model(model: nn.Module, mode: str, use_scaled_mm: bool = False) -> 
     return model
 
 
-def make_installer(workspace: DequantWorkspace | None = None, device=None):
-    """An `install_quantized(module, name, value)` callback bound to one shared workspace."""
+def make_installer(workspace: DequantWorkspace | None = None, device=None,
+                   dequantize_to: torch.dtype | None = None):
+    """An `install_quantized(module, name, value)` callback for `stream_load`.
+
+    Default (`--weights keep`): quantised weights stay quantised (GGUFLinear / FP8Linear), all
+    sharing `workspace`. `dequantize_to=<compute dtype>` (`--weights bf16` etc.): each weight is
+    dequantised at load into `model.storage_dtype(name, compute dtype)` and stays an nn.Linear.
+    """
 
     def install(module: nn.Module, name: str, value) -> None:
-        install_quantized(module, name, value, workspace=workspace, device=device)
+        if dequantize_to is None:
+            install_quantized(module, name, value, workspace=workspace, device=device)
+            return
+        rule = getattr(type(module), "storage_dtype", None)
+        dtype = rule(name, dequantize_to) if rule is not None else dequantize_to
+        owner_name, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        _install_dense(owner, name, leaf, value, device, dtype)
 
     return install
 
@@ -111,11 +124,12 @@ def install_quantized(module: nn.Module, name: str, value, workspace: DequantWor
     _install_dense(owner, name, leaf, value, device)
 
 
-def _install_dense(owner: nn.Module, name: str, leaf: str, value, device) -> None:
+def _install_dense(owner: nn.Module, name: str, leaf: str, value, device, dtype=None) -> None:
     target = getattr(owner, leaf, None)
     if not isinstance(target, torch.Tensor):
         raise CheckpointError(f"tensor {name!r} does not match a parameter of the model")
-    dtype = torch.float32 if target.is_meta or not target.is_floating_point() else target.dtype
+    if dtype is None:
+        dtype = target.dtype if target.is_floating_point() else torch.float32
     if isinstance(value, GGUFWeight):
         dense = value.dequantize(dtype)
     elif isinstance(value, FP8Weight):

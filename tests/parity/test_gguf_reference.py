@@ -1,0 +1,115 @@
+"""GGUF parity with diffusers: its torch dequantisers, and a tiny Wan DiT run from one GGUF file.
+
+The file is read for diffusers by gguf's own `GGUFReader` (independent of our reader) and its
+quantised tensors go into diffusers' `GGUFLinear` / `GGUFParameter`, as
+`from_single_file(..., GGUFQuantizationConfig)` builds them (that path itself needs
+`accelerate`, which is not a dependency here). Ours: `load_dit` with `install_quantized`.
+
+Tolerances: diffusers dequantises in float16 (the fp16 block scales are never upcast), ours in
+float32 like ggml, so each weight differs by up to ~2^-11 of its block's scale terms:
+|diff| <= 2^-9 * max|w| per tensor covers the <= 3 fp16 roundings. The model outputs then
+differ by ~1e-4 relative; bound 2e-3 (fp32 compute). The unquantised DiT parity itself is
+1e-5 (tests/parity/test_dit_diffusers.py).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+gguf = pytest.importorskip("gguf")
+dq = pytest.importorskip("diffusers.quantizers.gguf.utils")
+
+from wanmoe.configs import DiTConfig  # noqa: E402
+from wanmoe.loading.components import load_dit  # noqa: E402
+from wanmoe.loading.gguf import write_gguf  # noqa: E402
+from wanmoe.loading.keymaps_dit import official_to_diffusers  # noqa: E402
+from wanmoe.models.dit import WanDiT  # noqa: E402
+from wanmoe.runtime.quant.apply import make_installer  # noqa: E402
+from wanmoe.runtime.quant.gguf_dequant import QUANT_SIZES, dequantize  # noqa: E402
+from wanmoe.runtime.quant.linear import DequantWorkspace  # noqa: E402
+from wanmoe.runtime.quant.quantize import quantize_gguf  # noqa: E402
+
+TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+CFG = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=4, out_dim=4,
+                freq_dim=32, text_dim=32, text_len=16)
+
+
+def _quantised_weights(qtype, rows=8, cols=512, seed=0):
+    """Realistic blocks: ggml's quantiser where gguf-py has one, ours for the K-quants."""
+    w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * 0.05
+    qt = gguf.GGMLQuantizationType[qtype]
+    try:
+        return gguf.quants.quantize(w.numpy(), qt)
+    except NotImplementedError:
+        if qtype in ("Q4_K", "Q6_K"):
+            return quantize_gguf(w, qtype).data.numpy()
+        rng = np.random.default_rng(seed)  # Q2_K/Q3_K/Q5_K: random bits, fp16 scales set below
+        raw = rng.integers(0, 256, (rows, cols // 256, QUANT_SIZES[qtype][1]), dtype=np.uint8)
+        offs = {"Q2_K": (80, 82), "Q3_K": (108,), "Q5_K": (0, 2)}[qtype]
+        for o in offs:
+            raw[..., o:o + 2] = (rng.standard_normal(raw.shape[:2]) * 1e-3).astype(np.float16)[..., None].view(np.uint8)
+        return raw.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_dequant_matches_diffusers(qtype):
+    raw = _quantised_weights(qtype)
+    ref = dq.dequantize_gguf_tensor(dq.GGUFParameter(torch.from_numpy(raw), quant_type=gguf.GGMLQuantizationType[qtype]))
+    ours = dequantize(torch.from_numpy(raw), qtype, (8, 512))
+    assert ref.shape == ours.shape
+    tol = 2**-9 * ours.abs().max().item()
+    assert (ref.float() - ours).abs().max().item() <= tol
+
+
+def _diffusers_model_from_gguf(path):
+    cfg = CFG
+    ref = diffusers.WanTransformer3DModel(
+        patch_size=cfg.patch_size, num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
+        in_channels=cfg.in_dim, out_channels=cfg.out_dim, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
+        ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=cfg.eps).eval()
+    reader = gguf.GGUFReader(str(path))
+    dense, quant = {}, {}
+    for t in reader.tensors:
+        name = official_to_diffusers(t.name)
+        if t.tensor_type == gguf.GGMLQuantizationType.F32:
+            dense[name] = torch.from_numpy(np.array(t.data)).reshape(ref.state_dict()[name].shape)
+        else:
+            quant[name] = dq.GGUFParameter(torch.from_numpy(np.array(t.data)), quant_type=t.tensor_type)
+    ref.load_state_dict({**dense, **{k: ref.state_dict()[k] for k in quant}}, strict=True)
+    for name, param in quant.items():
+        path_, _ = name.rsplit(".", 1)
+        old = ref.get_submodule(path_)
+        new = dq.GGUFLinear(old.in_features, old.out_features, bias=True, compute_dtype=torch.float32)
+        new.weight, new.bias = param, old.bias
+        parent, _, child = path_.rpartition(".")
+        setattr(ref.get_submodule(parent), child, new)
+    return ref
+
+
+@pytest.mark.parametrize("mix", ["Q8_0", "Q4_K_M"])
+@torch.no_grad()
+def test_tiny_dit_matches_diffusers_gguf(tmp_path, mix):
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in WanDiT(CFG).state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for k, shape in shapes.items():
+        v = torch.randn(shape, generator=g) * 0.05
+        if k.startswith("blocks.") and k.endswith(".weight") and v.dim() == 2:
+            q = "Q8_0" if mix == "Q8_0" else ("Q6_K" if (".v." in k or "ffn.2" in k) else "Q4_K")
+            v = quantize_gguf(v, q)
+        tensors[k] = v
+    path = write_gguf(tmp_path / f"{mix}.gguf", tensors)
+    ours = load_dit(path, CFG, torch.float32, install_quantized=make_installer(DequantWorkspace()))
+    ref = _diffusers_model_from_gguf(path)
+    assert isinstance(ref.blocks[0].attn1.to_q, dq.GGUFLinear)
+    x = torch.randn(1, 4, 2, 4, 4, generator=g)
+    ctx = torch.randn(10, 32, generator=g)
+    t = torch.tensor([500])
+    a = ours(x, t, [ctx])
+    b = ref(x, t, torch.cat([ctx, ctx.new_zeros(CFG.text_len - 10, 32)])[None]).sample
+    diff = ((a - b).abs().max() / b.abs().max()).item()
+    print(f"{mix}: max rel diff vs diffusers GGUF {diff:.2e}")
+    assert diff < 2e-3

@@ -1,0 +1,162 @@
+"""A tiny WanDiT in every weight layout vs its fp32 source: quantize_model / install_quantized.
+
+Tolerances: a quantised linear's output error relative to its output is about the relative
+error of its weight (random inputs), and the residual stream of a 2-block DiT does not amplify
+it (measured ratio ~0.6). Each test measures the weight error e_w of its format over the block
+linears and asserts output error <= 1.5 * e_w + floor, floor = 0.01 for bf16 compute (bf16
+activations alone give ~0.3% here) and 1e-4 for fp32. Exact layouts are checked bit for bit.
+"""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from wanmoe.configs import DiTConfig
+from wanmoe.convert import convert_expert
+from wanmoe.errors import CheckpointError, InputError
+from wanmoe.loading.components import load_dit
+from wanmoe.models.dit import WanDiT
+from wanmoe.runtime.quant.apply import block_linears, install_quantized, make_installer, quantize_model
+from wanmoe.runtime.quant.linear import DequantWorkspace, FP8Linear, GGUFLinear, Int8Linear
+from wanmoe.runtime.quant.quantize import quantize_gguf
+
+CFG = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=4, out_dim=4,
+                freq_dim=32, text_dim=32, text_len=16)
+DTYPES = [torch.float32, torch.bfloat16]
+FLOOR = {torch.float32: 1e-4, torch.bfloat16: 0.01}
+
+
+def tiny_state(seed=0):
+    with torch.device("meta"):
+        m = WanDiT(CFG)
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=g) * 0.05 for k, v in m.state_dict().items()}
+
+
+SD = tiny_state()
+X = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+T = torch.tensor([500])
+CTX = [torch.randn(10, 32, generator=torch.Generator().manual_seed(2))]
+
+
+def source_model(dtype=torch.float32, sd=None):
+    m = WanDiT(CFG)
+    m.load_state_dict(SD if sd is None else sd)
+    return m.eval().set_compute_dtype(dtype)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with torch.no_grad():
+        return source_model()(X, T, CTX)
+
+
+def run(model):
+    with torch.no_grad():
+        return model(X, T, CTX)
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def weight_error(model) -> float:
+    """Relative error of all block-linear weights of `model` vs the fp32 source."""
+    num = den = 0.0
+    for name, m in block_linears(model):
+        w = m.dequantized(torch.float32) if hasattr(m, "dequantized") else m.weight.float()
+        num += (w - SD[name + ".weight"]).pow(2).sum().item()
+        den += SD[name + ".weight"].pow(2).sum().item()
+    return (num / den) ** 0.5
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bf16_file_reproduces_bf16_run_exactly(tmp_path, reference, dtype):
+    save_file(SD, str(tmp_path / "src.safetensors"))
+    out = convert_expert(tmp_path / "src.safetensors", tmp_path / "bf16.safetensors", "bf16")
+    y = run(load_dit(out, CFG, dtype))
+    if dtype == torch.bfloat16:  # storage dtypes keep the official bf16 semantics bit-exact
+        assert torch.equal(y, run(source_model(torch.bfloat16)))
+    else:  # fp32 compute with bf16-rounded weights: e_w = bf16 rounding (2^-9 relative)
+        assert rel(y, reference) < 1.5 * 2**-9 * 2 + FLOOR[dtype]
+
+
+@pytest.mark.parametrize("mode,cls,dtype", [("fp8", FP8Linear, torch.float32),
+                                            ("fp8", FP8Linear, torch.bfloat16),
+                                            ("int8", Int8Linear, torch.bfloat16)])
+def test_channel_modes(reference, mode, cls, dtype):
+    model = quantize_model(source_model(dtype), mode)
+    assert sum(isinstance(m, cls) for _, m in block_linears(model)) == 10 * CFG.num_layers
+    assert isinstance(model.time_projection[1], torch.nn.Linear)  # fp32 region untouched
+    e_w = weight_error(model)
+    assert rel(run(model), reference) <= 1.5 * e_w + FLOOR[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fp8_file_loads_to_the_same_model(tmp_path, dtype):
+    save_file(SD, str(tmp_path / "src.safetensors"))
+    out = convert_expert(tmp_path / "src.safetensors", tmp_path / "fp8.safetensors", "fp8")
+    dense = load_dit(out, CFG, dtype)  # scales applied at load (ScaledFp8Source)
+    # Our fp8 file stores the unquantised bf16-region tensors (biases, embeddings) in bf16.
+    quantised = {n + ".weight" for n, _ in block_linears(source_model())}
+    stored = {k: v if k in quantised else v.to(WanDiT.storage_dtype(k, torch.bfloat16)).float()
+              for k, v in SD.items()}
+    swapped = quantize_model(source_model(dtype, stored), "fp8")
+    assert torch.equal(run(dense), run(swapped))
+
+
+def _gguf_file(tmp_path, mix):
+    from wanmoe.loading.gguf import write_gguf
+
+    tensors = {}
+    for k, v in SD.items():
+        if k.startswith("blocks.") and k.endswith(".weight") and v.dim() == 2:
+            q = mix
+            if mix == "Q4_K_M":  # formats.md §4: v and ffn.2 get Q6_K
+                q = "Q6_K" if (".v." in k or "ffn.2" in k) else "Q4_K"
+            tensors[k] = quantize_gguf(v, q)
+        else:
+            tensors[k] = v
+    return write_gguf(tmp_path / f"{mix}.gguf", tensors)
+
+
+@pytest.mark.parametrize("mix,dtype", [("Q8_0", torch.float32), ("Q8_0", torch.bfloat16),
+                                       ("Q6_K", torch.float32), ("Q4_K_M", torch.bfloat16)])
+def test_gguf_keep_and_dequantised(tmp_path, reference, mix, dtype):
+    path = _gguf_file(tmp_path, mix)
+    ws = DequantWorkspace()
+    kept = load_dit(path, CFG, dtype, install_quantized=make_installer(ws))
+    assert all(isinstance(m, GGUFLinear) for _, m in block_linears(kept))
+    assert kept.blocks[0].self_attn.q.bias.dtype == WanDiT.storage_dtype("blocks.0.self_attn.q.bias", dtype)
+    y = run(kept)
+    assert rel(y, reference) <= 1.5 * weight_error(kept) + FLOOR[dtype]
+    assert len(ws._buffers) == 3  # [d, d], [ffn, d], [d, ffn]: one each, shared by all blocks
+    # --weights bf16 / fp32 on a GGUF file: dequantised at load, plain linears, same numbers.
+    dense = load_dit(path, CFG, dtype, install_quantized=make_installer(dequantize_to=dtype))
+    assert not any(isinstance(m, GGUFLinear) for _, m in block_linears(dense))
+    assert torch.equal(run(dense), y)
+
+
+def test_install_quantized_details():
+    with torch.device("meta"):
+        model = WanDiT(CFG)
+    bias = model.blocks[0].ffn[0].bias
+    q = quantize_gguf(SD["blocks.0.ffn.0.weight"], "Q8_0")
+    install_quantized(model, "blocks.0.ffn.0.weight", q)
+    assert isinstance(model.blocks[0].ffn[0], GGUFLinear) and model.blocks[0].ffn[0].bias is bias
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.ffn\.2\.weight.*\(512, 256\).*\(256, 512\)"):
+        install_quantized(model, "blocks.0.ffn.2.weight", q)
+    # A quantised tensor that is not a Linear weight is dequantised into the parameter.
+    install_quantized(model, "blocks.1.modulation", quantize_gguf(SD["blocks.1.modulation"], "Q8_0"))
+    assert model.blocks[1].modulation.shape == (1, 6, 256) and not model.blocks[1].modulation.is_meta
+    with pytest.raises(CheckpointError, match="no matching module"):
+        install_quantized(model, "blocks.9.ffn.0.weight", q)
+
+
+def test_quantize_model_refusals():
+    with pytest.raises(InputError, match="fp4"):
+        quantize_model(source_model(), "fp4")
+    model = quantize_model(source_model(), "int8")
+    with pytest.raises(InputError, match="already quantised"):
+        quantize_model(model, "fp8")
+    assert quantize_model(model, "keep") is model
