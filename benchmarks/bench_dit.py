@@ -7,11 +7,13 @@ storage layout (`WanDiT.storage_dtype`), bf16 compute; time per forward at 480P 
 21x60x104 = 32,760 tokens) and 720P (21x90x160 = 75,600 tokens), achieved TFLOP/s and peak
 memory; diffusers in bf16 on the same (shared) weights as the baseline unless `--no-baseline`.
 `--smoke` runs the GPU code path on CPU with a tiny config so it stays exercised.
+Run from the repository root: `PYTHONPATH=. python benchmarks/bench_dit.py [--gpu] [--layers N]`.
 
 FLOPs per forward (B=1, multiply-add = 2 FLOPs; L tokens, Lt = text_len, d, f = ffn_dim):
   blocks: layers * (8 L d^2 [self q,k,v,o] + 4 L^2 d [self QK^T, PV] + 4 L d^2 [cross q,o]
                     + 4 Lt d^2 [cross k,v] + 4 L Lt d [cross QK^T, PV] + 4 L d f [FFN])
   + 2 L d (C_in * 4) [patch] + 2 Lt (text_dim d + d^2) [text MLP] + 2 L d (C_out * 4) [head]
+  + 2 (freq_dim d + d^2 + 6 d^2) [time MLPs, once per sample: all tokens share t]
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ def dit_flops(cfg: DiTConfig, tokens: int) -> float:
     d, L, lt, f = cfg.dim, tokens, cfg.text_len, cfg.ffn_dim
     p = math.prod(cfg.patch_size)
     block = 8 * L * d * d + 4 * L * L * d + 4 * L * d * d + 4 * lt * d * d + 4 * L * lt * d + 4 * L * d * f
+    time_mlp = 2 * (cfg.freq_dim * d + d * d + 6 * d * d)
     return cfg.num_layers * block + 2 * L * d * cfg.in_dim * p + 2 * lt * (cfg.text_dim * d + d * d) \
-        + 2 * L * d * cfg.out_dim * p
+        + 2 * L * d * cfg.out_dim * p + time_mlp
 
 
 def materialize_(model: torch.nn.Module, device, dtype_of, seed: int = 0) -> torch.nn.Module:

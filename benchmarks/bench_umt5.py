@@ -1,10 +1,11 @@
 """umT5 encode time for one 512-token prompt in bf16 (the official T5 dtype), ours vs transformers.
 
 CPU: building all 24 layers at real width needs 11.4 GB and a long random init, so the script
-times 1 and 2 full-width layers (4096 wide, 64 heads, ffn 10240), takes the difference as the
-per-layer cost and extrapolates to 24 layers (printed as an estimate). The vocabulary is cut to
+times 2 full-width layers (4096 wide, 64 heads, ffn 10240) once and extrapolates per layer to 24
+layers (printed as an estimate; `--fp32-reference` adds the same in fp32). The vocabulary is cut to
 1024 rows: the embedding lookup is a gather whose cost does not depend on the vocabulary size.
-Ours vs transformers' UMT5EncoderModel runs at a reduced width in the same process (ratio).
+Ours vs transformers' UMT5EncoderModel runs at a reduced width in the same process (ratio), with
+the plain bf16 kernels and with `set_matmul_upcast(True)` (the CPU fast path, see umt5.py).
 CUDA: the full model (random bf16 weights created on the GPU) for both implementations, with
 achieved TFLOP/s and peak memory. `--smoke` runs that GPU code path on the CPU with a tiny config.
 
@@ -26,13 +27,14 @@ import torch
 
 from wanmoe.configs import UMT5_XXL, T5Config
 from wanmoe.loading.keymaps_t5 import HF_TIED, official_to_hf
+from wanmoe.text.encoder import cpu_lacks_bf16
 from wanmoe.text.umt5 import UMT5Encoder
 
 
-def random_encoder(cfg: T5Config, device: str) -> UMT5Encoder:
-    """Meta build -> empty bf16 storage on `device` -> cheap random fill (no fp32 copy)."""
+def random_encoder(cfg: T5Config, device: str, dtype: torch.dtype = torch.bfloat16) -> UMT5Encoder:
+    """Meta build -> empty storage in `dtype` on `device` -> cheap random fill (no fp32 copy)."""
     with torch.device("meta"):
-        model = UMT5Encoder(cfg).to(torch.bfloat16)
+        model = UMT5Encoder(cfg).to(dtype)
     model = model.to_empty(device=device).eval()
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
@@ -71,11 +73,12 @@ def flops(cfg: T5Config, length: int) -> float:
     return cfg.num_layers * per_layer
 
 
-def time_forward(fn, ids, mask, repeats: int) -> float:
+def time_forward(fn, ids, mask, repeats: int, warmup: bool = True) -> float:
     sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
     with torch.no_grad():
-        fn(ids, mask)  # warm-up
-        sync()
+        if warmup:
+            fn(ids, mask)
+            sync()
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -103,6 +106,7 @@ def compare(model: UMT5Encoder, device: str, repeats: int, label: str) -> None:
         print("transformers not installed: no baseline")
         return
     base = time_forward(lambda i, m: hf(input_ids=i, attention_mask=m).last_hidden_state, ids, mask, repeats)
+    # transformers runs its default attention backend (sdpa), whose bf16 rounding differs slightly
     with torch.no_grad():
         a, b = model(ids, mask).float(), hf(input_ids=ids, attention_mask=mask).last_hidden_state.float()
     diff = ((a - b).abs().max() / b.abs().max()).item()
@@ -111,22 +115,34 @@ def compare(model: UMT5Encoder, device: str, repeats: int, label: str) -> None:
 
 
 def run_cpu(args) -> None:
-    wide = replace(UMT5_XXL, vocab_size=1024)
+    """Full width, 2 layers; each forward is minutes on CPUs without native bf16 matmuls, so it
+    runs once with no warm-up (one-time costs are negligible at that scale)."""
+    wide = replace(UMT5_XXL, vocab_size=1024, num_layers=2)
+    layers = UMT5_XXL.num_layers
+    print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 matmul: "
+          f"{not cpu_lacks_bf16()}")
+    variants = [("bf16 reference kernels", torch.bfloat16, False), ("bf16 matmul upcast", torch.bfloat16, True)]
+    if args.fp32_reference:
+        variants.append(("fp32 (not the official dtype)", torch.float32, False))
     times = {}
-    for layers in (1, 2):
-        model = random_encoder(replace(wide, num_layers=layers), "cpu")
+    for label, dtype, upcast in variants:
+        model = random_encoder(wide, "cpu", dtype)
+        model.set_matmul_upcast(upcast)
         ids, mask = prompt(model.cfg, "cpu")
-        times[layers] = time_forward(lambda i, m, mm=model: mm(i, m), ids, mask, args.repeats)
-        print(f"full width, {layers} layer(s), bf16, L=512: {times[layers]:.2f} s (median of {args.repeats})")
+        times[label] = t = time_forward(lambda i, m, mm=model: mm(i, m), ids, mask, 1, warmup=False)
         del model
-    per_layer = times[2] - times[1]
-    total = times[1] + (UMT5_XXL.num_layers - 1) * per_layer
-    print(f"per layer {per_layer:.2f} s -> estimated 24-layer encode {total:.1f} s "
-          f"(EXTRAPOLATED from 1 and 2 layers, not measured)")
+        print(f"full width (4096/64 heads/ffn 10240), 2 layers, {label}, L=512: {t:.1f} s "
+              f"({flops(wide, 512) / t / 1e9:.1f} GFLOP/s) -> per layer {t / 2:.1f} s, "
+              f"24 layers ~{t / 2 * layers:.0f} s (EXTRAPOLATED from 2 measured layers)")
+    ratio = times[variants[0][0]] / times[variants[1][0]]
+    print(f"matmul upcast speed-up at full width: {ratio:.2f}x")
     small = T5Config(vocab_size=1024, dim=args.small_dim, dim_attn=args.small_dim,
                      dim_ffn=args.small_dim * 5 // 2, num_heads=args.small_dim // 64, num_layers=2)
-    compare(random_encoder(small, "cpu"), "cpu", args.repeats,
-            f"reduced size (dim {small.dim}, 2 layers, bf16, L=512)")
+    model = random_encoder(small, "cpu")
+    label = f"reduced size (dim {small.dim}, 2 layers, bf16, L=512)"
+    compare(model, "cpu", args.repeats, label + ", reference kernels")
+    model.set_matmul_upcast(True)
+    compare(model, "cpu", args.repeats, label + ", matmul upcast")
 
 
 def run_full(args, device: str) -> None:
@@ -150,6 +166,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--small-dim", type=int, default=512)
     parser.add_argument("--cpu", action="store_true", help="CPU numbers even when CUDA is available")
+    parser.add_argument("--fp32-reference", action="store_true",
+                        help="CPU: also time the 2 full-width layers in fp32 (not the official dtype)")
     parser.add_argument("--smoke", action="store_true", help="GPU code path on CPU, tiny config")
     args = parser.parse_args()
     if args.threads:

@@ -15,7 +15,6 @@ uint8 frames. Device placement is the only policy here, and a simple one:
 
 from __future__ import annotations
 
-import resource
 import sys
 import time
 from contextlib import contextmanager
@@ -69,6 +68,10 @@ def peak_memory(device: torch.device) -> int:
     """Peak bytes: CUDA max_memory_allocated, or the process's peak RSS on a CPU run."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return 0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
 
@@ -193,16 +196,15 @@ class WanPipeline:
                  seed=-1, batched_cfg=None, progress=True, *, boundary_snr=None,
                  settings: Settings | None = None) -> GenerationResult:
         """Text -> video. Unset values are the preset's official defaults (spec §1.2)."""
+        from .errors import InputError
         from .sampling.noise import initial_noise
 
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("prompt is empty; describe the video to generate")
         if settings is None:
             settings = self.settings(size=size, frames=frames, steps=steps, shift=shift,
                                      guide_scale=guide_scale, boundary=boundary,
                                      boundary_snr=boundary_snr, solver=solver, seed=seed)
-        if not isinstance(prompt, str) or not prompt.strip():
-            from .errors import InputError
-
-            raise InputError("prompt is empty; describe the video to generate")
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         timings: dict[str, float] = {}

@@ -103,3 +103,11 @@ def test_shape_contradicting_config_is_named(a14b_dir, tmp_path, capsys):
     cfg_path.write_text(json.dumps(cfg))
     err = _run_broken(capsys, ckpt, tmp_path)
     assert "ffn" in err and "96" in err and "64" in err
+
+
+def test_no_checkpoint_and_no_demo_model(monkeypatch, tmp_path, capsys):
+    import wanmoe.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "DEMO_DIR", tmp_path / "not-installed")
+    err = _run(capsys, "--device", "cpu")
+    assert "demo model is not installed" in err and "--ckpt-dir" in err

@@ -99,7 +99,8 @@ def test_inspect_subcommand_is_wired(a14b_dir, capsys):
 
 
 def test_offload_and_batched_cfg_do_not_change_results(a14b_dir, tmp_path):
-    # CPU: --offload is a no-op by the documented rule; batched CFG (B=2) must give the same numbers
+    # CPU: --offload is a no-op by the documented rule; batched CFG (B=2) gives the same numbers
+    # up to float rounding (a B=2 matmul may block its sums differently), hence atol 1e-5
     _, plain = _generate(a14b_dir, tmp_path, "p", "--seed", "9", "--steps", "2")
     _, batched = _generate(a14b_dir, tmp_path, "b", "--seed", "9", "--steps", "2",
                            "--batched-cfg", "--offload")

@@ -55,7 +55,8 @@ def _quantised_weights(qtype, rows=8, cols=512, seed=0):
 @pytest.mark.parametrize("qtype", TYPES)
 def test_dequant_matches_diffusers(qtype):
     raw = _quantised_weights(qtype)
-    ref = dq.dequantize_gguf_tensor(dq.GGUFParameter(torch.from_numpy(raw), quant_type=gguf.GGMLQuantizationType[qtype]))
+    param = dq.GGUFParameter(torch.from_numpy(raw), quant_type=gguf.GGMLQuantizationType[qtype])
+    ref = dq.dequantize_gguf_tensor(param)
     ours = dequantize(torch.from_numpy(raw), qtype, (8, 512))
     assert ref.shape == ours.shape
     tol = 2**-9 * ours.abs().max().item()

@@ -105,6 +105,18 @@ def test_per_token_timesteps_equal_broadcast(tiny):
 
 
 @torch.no_grad()
+def test_per_token_time_mode_matches_compact(tiny):
+    """set_per_token_time(True) (upstream's per-token time MLP) == the compact default in fp32."""
+    x, t, ctx = torch.randn(2, 16, 2, 4, 4), torch.tensor([999, 3]), [torch.randn(5, 32), torch.randn(2, 32)]
+    compact = tiny(x, t, ctx, seq_len=11)
+    try:
+        exact = tiny.set_per_token_time(True)(x, t, ctx, seq_len=11)
+    finally:
+        tiny.set_per_token_time(False)
+    assert rel(exact, compact) < RTOL_FP32
+
+
+@torch.no_grad()
 def test_per_token_time_embedding_rows(tiny):
     """A non-constant [B, L] row embeds each token with its own timestep."""
     t = torch.tensor([[0, 0, 500, 999, 999, 1]])
@@ -142,6 +154,25 @@ def test_rope_norm_preserving_and_split():
     y = rope_apply(x, table).double()
     pair = lambda z: z.reshape(60, 64, 2).norm(dim=-1)  # noqa: E731
     assert torch.allclose(pair(y), pair(x), rtol=1e-6)
+
+
+@torch.no_grad()
+def test_benchmark_flop_formula_matches_flop_counter(tiny):
+    """benchmarks/bench_dit.py's analytic FLOPs == torch's FlopCounterMode (reference attention,
+    whose matmuls the counter sees; CPU SDPA kernels are not counted)."""
+    import importlib.util
+    from pathlib import Path
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_dit.py"
+    spec = importlib.util.spec_from_file_location("bench_dit", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    x = torch.randn(1, 16, 4, 8, 8)  # 64 tokens
+    with FlopCounterMode(display=False) as counter, attention_backend("reference"):
+        tiny(x, torch.tensor([5]), [torch.randn(3, 32)])
+    assert counter.get_total_flops() == bench.dit_flops(TINY, 64)
 
 
 def test_input_errors(tiny):

@@ -146,3 +146,18 @@ def test_shape_contradicting_config_json(a14b, tmp_path):
     msg = str(e.value)
     assert "'blocks.0.ffn.0." in msg and "diffusion_pytorch_model-0000" in msg  # tensor and shard
     assert "[64" in msg and "[96" in msg  # both shapes
+
+
+def test_a14b_expert_alone_is_not_a_dense_model(a14b, manifests_dir, monkeypatch):
+    """A full-size A14B expert (shape-only entries from the manifest) given as the whole model."""
+    from wanmoe.loading import checkpoint as ck
+    from wanmoe.loading.detect import detect_tensors
+
+    m = json.loads((manifests_dir / "official-wan22-t2v-a14b-dit.json").read_text())
+    real = detect_tensors({t["name"]: (t["shape"], t["dtype"]) for t in m["tensors"]})
+    orig = ck.detect_file
+    monkeypatch.setattr(ck, "detect_file", lambda p: real if p.name == "expert.safetensors" else orig(p))
+    save_file(dit_state(), a14b.parent / "expert.safetensors")
+    with pytest.raises(CheckpointError, match="one expert of the two-expert A14B"):
+        resolve_checkpoint(a14b.parent / "expert.safetensors", vae=a14b / "Wan2.1_VAE.pth",
+                           text_encoder=a14b / "models_t5_umt5-xxl-enc-bf16.pth", tokenizer=a14b / "google" / "umt5-xxl")

@@ -169,6 +169,15 @@ def test_fp8_scaled_applies_scales(tmp_path, writer):
             assert torch.equal(got[k], raw[k]), k
 
 
+def test_plain_fp8_cast_is_upcast(tmp_path):
+    sd = {k: v.to(torch.float8_e4m3fn) if LINEAR.match(k) else v for k, v in dit_state().items()}
+    save_file(sd, tmp_path / "c.safetensors")
+    got = load_dit(tmp_path / "c.safetensors", TINY_DIT, torch.bfloat16).state_dict()
+    for k, v in sd.items():
+        assert torch.equal(got[k], v.to(got[k].dtype)), k
+    assert got["blocks.0.ffn.0.weight"].dtype == torch.bfloat16
+
+
 def test_fp8_scaled_without_scales_is_refused(tmp_path):
     sd = fp8_scaled_state(dit_state())
     dropped = next(k for k in sd if k.endswith("scale_weight"))

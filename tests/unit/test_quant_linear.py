@@ -1,6 +1,5 @@
 """Quantised linears vs their reference twins (dequantise-then-F.linear) and vs gguf's decoder."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

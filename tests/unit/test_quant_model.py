@@ -160,3 +160,16 @@ def test_quantize_model_refusals():
     with pytest.raises(InputError, match="already quantised"):
         quantize_model(model, "fp8")
     assert quantize_model(model, "keep") is model
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fp8_file_kept_in_fp8(tmp_path, dtype):
+    from wanmoe.loading.sources import open_tensors
+    from wanmoe.runtime.quant.apply import KeepScaledFP8Source
+
+    save_file(SD, str(tmp_path / "src.safetensors"))
+    out = convert_expert(tmp_path / "src.safetensors", tmp_path / "fp8.safetensors", "fp8")
+    kept = load_dit(KeepScaledFP8Source(open_tensors(out)), CFG, dtype, key_map=lambda n: n,
+                    install_quantized=make_installer())
+    assert all(isinstance(m, FP8Linear) for _, m in block_linears(kept))
+    assert torch.equal(run(kept), run(load_dit(out, CFG, dtype)))  # same numbers as dequantised at load

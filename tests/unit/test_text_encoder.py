@@ -5,7 +5,7 @@ import random
 import torch
 
 from wanmoe.configs import T5Config
-from wanmoe.text.encoder import TextEncoder
+from wanmoe.text.encoder import TextEncoder, cpu_lacks_bf16
 from wanmoe.text.tokenizer import PromptTokenizer
 from wanmoe.text.train_tokenizer import train_unigram_tokenizer
 from wanmoe.text.umt5 import UMT5Encoder
@@ -53,3 +53,13 @@ def test_bf16_model_gives_bf16_contexts_on_model_device():
     tok, model = _setup(torch.bfloat16)
     ctx = TextEncoder(tok, model).encode(["a cat"])[0]
     assert ctx.dtype == torch.bfloat16 and ctx.device == model.token_embedding.weight.device
+
+
+def test_matmul_upcast_policy():
+    tok, model = _setup(torch.bfloat16)
+    auto = TextEncoder(tok, model)
+    assert auto.matmul_upcast == cpu_lacks_bf16()  # CPU bf16 model: on only without bf16 units
+    assert model.blocks[0].attn.upcast == auto.matmul_upcast
+    assert TextEncoder(tok, model, matmul_upcast=False).model.blocks[0].ffn.upcast is False
+    tok32, model32 = _setup(torch.float32)
+    assert TextEncoder(tok32, model32).matmul_upcast is False  # fp32 models never upcast

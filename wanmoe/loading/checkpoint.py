@@ -14,7 +14,7 @@ from pathlib import Path
 
 from wanmoe.configs import T2V_A14B, TI2V_5B, WAN21_VAE, WAN22_VAE, DiTConfig, ModelPreset, VAEConfig
 from wanmoe.errors import CheckpointError
-from wanmoe.loading.detect import Detection, detect_file
+from wanmoe.loading.detect import MODEL_A14B, Detection, detect_file
 
 WHAT = {"dit": "a Wan DiT", "vae": "a Wan VAE", "text_encoder": "a umT5 text encoder", "tokenizer": "a tokenizer"}
 A14B_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
@@ -195,6 +195,9 @@ def _check_experts(experts: dict[str, Path], dets: dict[str, Detection]) -> None
         raise CheckpointError("no DiT given: pass a checkpoint folder, a DiT file, or --high and --low")
     if "dense" in experts and len(experts) > 1:
         raise CheckpointError("a dense DiT and --high/--low experts were both given; pass one or the other")
+    if "dense" in experts and dets["dense"].model == MODEL_A14B:
+        raise CheckpointError(f"{experts['dense']} is one expert of the two-expert A14B model; "
+                              "pass both experts with --high and --low (or the whole folder)")
     if "dense" not in experts and len(experts) != 2:
         have = next(iter(experts))
         raise CheckpointError(f"only the {have.replace('_', ' ')} expert was given ({experts[have]}); "

@@ -4,16 +4,17 @@
 or a folder holding one, or a folder with a single `.safetensors`), a `.pth`/`.pt` pickle and a
 `.gguf` file. Opening reads headers only; tensor data is read one tensor at a time by `get`.
 
-Safetensors data is read with positioned reads into a fresh tensor instead of through a memory
-map: mapped file pages that have been touched count in the process RSS until unmapped, so a
-mapped fp32 file loaded as bf16 would show fp32 + bf16 resident. Plain reads go through the
-page cache, which the kernel can drop, and RSS stays at the size of the loaded weights.
+Safetensors headers are parsed and validated here (truncation is caught on open); data is read
+with plain file reads instead of through a memory map (`safe_open`): touched pages of a mapped
+file count in the process RSS until unmapped, so a mapped fp32 file loaded as bf16 shows
+fp32 + bf16 resident. Plain reads go through the page cache, which the kernel can drop. Reads
+that are cast on the way in go through one reusable staging buffer (`Staging`), so RSS stays at
+the loaded weights plus the largest source tensor.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import struct
 from collections.abc import Iterator
@@ -407,7 +408,3 @@ class ForeignSource(TensorSource):
     def close(self) -> None:
         self.inner.close()
 
-
-def stat_size(paths: tuple[Path, ...]) -> int:
-    """Total bytes on disk of a source's files."""
-    return sum(os.path.getsize(p) for p in paths if Path(p).is_file())

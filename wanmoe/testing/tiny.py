@@ -246,7 +246,7 @@ def _convert_vae(src: Path, dst: Path) -> None:
     if version == "2.2":
         config.update(decoder_base_dim=state["decoder.head.0.gamma"].shape[0], is_residual=True,
                       in_channels=12, out_channels=12, patch_size=2, scale_factor_temporal=4,
-                      scale_factor_spatial=16, clip_output=False)
+                      scale_factor_spatial=16)
     _save_st(dst, "diffusion_pytorch_model.safetensors",
              {official_to_diffusers(k, version): v for k, v in state.items()}, config)
 

@@ -8,12 +8,32 @@ from wanmoe.text.tokenizer import PromptTokenizer
 from wanmoe.text.umt5 import UMT5Encoder
 
 
-class TextEncoder:
-    """Encodes each prompt in its own batch-1 call and trims it to its real length (incl. EOS)."""
+def cpu_lacks_bf16() -> bool:
+    """True when this CPU has no native bf16 matmul (e.g. AVX2-only): bf16 GEMMs are emulated."""
+    try:
+        return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):  # torch built without oneDNN
+        return True
 
-    def __init__(self, tokenizer: PromptTokenizer, model: UMT5Encoder) -> None:
+
+class TextEncoder:
+    """Encodes each prompt in its own batch-1 call and trims it to its real length (incl. EOS).
+
+    `matmul_upcast`: None (default) turns `UMT5Encoder.set_matmul_upcast` on only for a bf16
+    model on a CPU without native bf16 (several times faster, same bf16-GEMM semantics up to
+    summation order); False keeps the plain bf16 kernels, True forces the upcast.
+    """
+
+    def __init__(self, tokenizer: PromptTokenizer, model: UMT5Encoder,
+                 matmul_upcast: bool | None = None) -> None:
         self.tokenizer = tokenizer
         self.model = model
+        if matmul_upcast is None:
+            weight = model.token_embedding.weight
+            matmul_upcast = (weight.device.type == "cpu" and weight.dtype == torch.bfloat16
+                             and cpu_lacks_bf16())
+        self.matmul_upcast = matmul_upcast
+        model.set_matmul_upcast(matmul_upcast)
 
     @property
     def device(self) -> torch.device:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from wanmoe.errors import CheckpointError, InputError
+from wanmoe.loading.sources import TensorSource
 from wanmoe.runtime.quant.gguf_dequant import GGUFWeight
 from wanmoe.runtime.quant.linear import DequantWorkspace, FP8Linear, GGUFLinear, Int8Linear
 
@@ -151,3 +152,54 @@ def quantized_bytes(model: nn.Module) -> int:
     """Bytes held by the model's parameters and buffers (quantised weights at their real size)."""
     tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+class KeepScaledFP8Source(TensorSource):
+    """TensorSource view of a scaled-fp8 file for `--weights keep`: fp8 weights stay fp8.
+
+    Each fp8 `X.weight` with a scale (`X.weight_scale`: ours, per channel `[out, 1]`, or a
+    per-tensor scalar; ComfyUI's legacy `X.scale_weight`) is handed out as an `FP8Weight`
+    (dtype reported as the string "FP8", so `stream_load` routes it to `install_quantized`).
+    Scale and marker tensors are hidden; everything else passes through unchanged.
+    """
+
+    def __init__(self, inner) -> None:
+        from wanmoe.loading.detect import split_aux
+
+        self.inner, self.paths, self.metadata = inner, inner.paths, inner.metadata
+        core, aux, _ = split_aux(inner.keys())
+        have = set(inner.keys())
+        self._scale = {}
+        for n in aux:
+            for suffix in (".weight_scale", ".scale_weight"):
+                w = n[: -len(suffix)] + ".weight" if n.endswith(suffix) else None
+                if w in have and inner.dtype(w) == torch.float8_e4m3fn:
+                    self._scale[w] = n
+        self._core = core
+
+    def keys(self) -> list[str]:
+        return list(self._core)
+
+    def shape(self, name):
+        return self.inner.shape(name)
+
+    def dtype(self, name):
+        return "FP8" if name in self._scale else self.inner.dtype(name)
+
+    def get(self, name, dtype=None):
+        scale_name = self._scale.get(name)
+        if scale_name is None:
+            return self.inner.get(name, dtype)
+        w = self.inner.get(name)
+        scale = self.inner.get(scale_name).float().reshape(-1, 1).expand(w.shape[0], 1).contiguous()
+        fp8 = FP8Weight(w, scale)
+        return fp8 if dtype is None else (w.float() * scale).to(dtype)
+
+    def nbytes(self, name):
+        return self.inner.nbytes(name)
+
+    def file_of(self, name):
+        return self.inner.file_of(name)
+
+    def close(self) -> None:
+        self.inner.close()

@@ -22,6 +22,7 @@ class DequantWorkspace:
     Layers run one after another, so all layers of one weight shape can share a single buffer:
     a 40-block A14B expert then needs two or three weight-sized buffers instead of 400 copies.
     Only for inference: a layer does not use it when autograd needs the weight afterwards.
+    Use one workspace per CUDA stream that runs layers (buffers are reused in stream order).
     """
 
     def __init__(self) -> None:
