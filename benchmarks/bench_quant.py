@@ -108,8 +108,8 @@ def _channel(cls, w: torch.Tensor, **kw):
 
 @torch.no_grad()
 def speed_table(device: torch.device, tokens: int, reps: int) -> list[str]:
-    rows = ["| shape | weights | median ms | bf16 F.linear ms | ratio (cand./base) | weight MB |",
-            "|---|---|---|---|---|---|"]
+    rows = _Printed(["| shape | weights | median ms | bf16 F.linear ms | ratio (cand./base) | weight MB |",
+                     "|---|---|---|---|---|---|"])
     for label, (out_f, in_f) in SHAPES.items():
         w = torch.randn(out_f, in_f) / in_f**0.5
         x = torch.randn(tokens, in_f).to(device=device, dtype=torch.bfloat16)
@@ -122,6 +122,19 @@ def speed_table(device: torch.device, tokens: int, reps: int) -> list[str]:
             rows.append(f"| {label} | {name} | {ms:.1f} | {base:.1f} | {ms / base:.2f} | {mb:.0f} |")
         del w, w_bf16
     return rows
+
+
+class _Printed(list):
+    """A list of table rows that also prints each row as it is added (long runs show progress)."""
+
+    def __init__(self, rows):
+        super().__init__()
+        for r in rows:
+            self.append(r)
+
+    def append(self, row):
+        print(row, flush=True)
+        super().append(row)
 
 
 def hardware(device: torch.device) -> str:
@@ -143,7 +156,7 @@ def main() -> None:
     print("\n".join(quality_table(device)))
     if not args.skip_speed:
         print(f"\nLinear speed, {args.tokens} tokens, bf16 activations, {args.reps} reps (median):")
-        print("\n".join(speed_table(device, args.tokens, args.reps)))
+        speed_table(device, args.tokens, args.reps)  # rows print as they are measured
 
 
 if __name__ == "__main__":

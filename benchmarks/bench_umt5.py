@@ -99,8 +99,8 @@ def prompt(cfg: T5Config, device: str, real: int = 512):
 def compare(model: UMT5Encoder, device: str, repeats: int, label: str) -> None:
     ids, mask = prompt(model.cfg, device)
     ours = time_forward(lambda i, m: model(i, m), ids, mask, repeats)
-    rate = flops(model.cfg, ids.shape[1]) / ours / 1e12
-    print(f"{label}: ours {ours * 1e3:.1f} ms ({rate:.2f} TFLOP/s achieved)")
+    rate = flops(model.cfg, ids.shape[1]) / ours / 1e9
+    print(f"{label}: ours {ours * 1e3:.1f} ms ({rate:.1f} GFLOP/s achieved)")
     hf = transformers_twin(model)
     if hf is None:
         print("transformers not installed: no baseline")

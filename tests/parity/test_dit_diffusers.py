@@ -14,6 +14,7 @@ does inside); the padded text rows are attended by both, as upstream.
 
 import pytest
 import torch
+from helpers_dit import diffusers_kwargs, load_benchmark, randomize_, rel
 
 from wanmoe.configs import DiTConfig
 from wanmoe.loading.keymaps_dit import official_to_diffusers
@@ -24,39 +25,15 @@ diffusers = pytest.importorskip("diffusers")
 RTOL = 1e-5
 
 
-def randomize_(model: WanDiT, seed: int = 0) -> WanDiT:
-    """Deterministic non-trivial weights (non-unit norms, non-zero biases and head)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("modulation"):
-                p.copy_(torch.randn(p.shape, generator=g) / model.cfg.dim**0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
-    return model
-
-
 def pair(cfg: DiTConfig, seed: int = 0):
     ours = randomize_(WanDiT(cfg), seed).eval()
-    ref = diffusers.WanTransformer3DModel(
-        patch_size=cfg.patch_size, num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
-        in_channels=cfg.in_dim, out_channels=cfg.out_dim, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
-        ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", eps=cfg.eps).eval()
+    ref = diffusers.WanTransformer3DModel(**diffusers_kwargs(cfg)).eval()
     ref.load_state_dict({official_to_diffusers(k): v for k, v in ours.state_dict().items()}, strict=True)
     return ours, ref
 
 
 def padded(ctx, text_len):
     return torch.stack([torch.cat([c, c.new_zeros(text_len - c.shape[0], c.shape[1])]) for c in ctx])
-
-
-def rel(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 T2V = DiTConfig(dim=96, ffn_dim=160, num_heads=2, num_layers=2, in_dim=16, out_dim=16,
@@ -136,13 +113,8 @@ def test_benchmark_gpu_path_smoke(capsys):
     """benchmarks/bench_dit.py's GPU code path (meta build, on-device random bf16 weights,
     shared-weight diffusers twin, FLOP count) run on CPU with a tiny config."""
     import argparse
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_dit.py"
-    spec = importlib.util.spec_from_file_location("bench_dit", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_dit")
     bench.run_gpu(argparse.Namespace(smoke=True, runs=1, no_baseline=False, layers=2))
     row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| smoke")]
     assert len(row) == 1

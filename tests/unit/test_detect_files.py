@@ -2,55 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from helpers_loading import (LINEAR, TINY_DIT, TINY_VAE21, TINY_VAE22, comfy_quant_state, diffusers_transformer,
+                             diffusers_vae, dit_config_json, dit_state, fp8_scaled_state, hf_umt5, t5_state,
+                             vae_state, write_diffusers, write_gguf_dit, write_official_a14b, write_official_ti2v,
+                             write_sharded, write_wanmoe)
 from safetensors.torch import save_file
-from test_loading_builders import (LINEAR, TINY_DIT, TINY_VAE21, TINY_VAE22, diffusers_transformer,
-                                   diffusers_vae, dit_config_json, dit_state, hf_umt5, t5_state,
-                                   vae_state, write_diffusers, write_official_a14b, write_official_ti2v,
-                                   write_sharded, write_wanmoe)
 
 from wanmoe.loading import detect as D
 from wanmoe.loading.sources import SafetensorsFile
-
-
-def fp8_scaled_state(sd):
-    out = {}
-    for n, t in sd.items():
-        if LINEAR.match(n):
-            scale = t.abs().max() / 448.0  # e4m3fn max
-            out[n] = (t / scale).to(torch.float8_e4m3fn)
-            out[n.removesuffix("weight") + "scale_weight"] = scale.reshape(())
-        else:
-            out[n] = t
-    out["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
-    return out
-
-
-def comfy_quant_state(sd):
-    out = {}
-    for n, t in sd.items():
-        if LINEAR.match(n):
-            base = n.removesuffix(".weight")
-            scale = t.abs().max() / 448.0
-            out[n] = (t / scale).to(torch.float8_e4m3fn)
-            out[base + ".weight_scale"] = scale.reshape(())
-            out[base + ".comfy_quant"] = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()),
-                                                      dtype=torch.uint8)
-        else:
-            out[n] = t
-    return out
-
-
-def write_gguf_dit(path):
-    from wanmoe.loading.gguf import write_gguf
-    from wanmoe.runtime.quant.quantize import quantize_q8_0
-
-    sd = dit_state()
-    write_gguf(path, {n: quantize_q8_0(t) if LINEAR.match(n) else t for n, t in sd.items()})
-    return path
 
 
 @pytest.fixture(scope="module")

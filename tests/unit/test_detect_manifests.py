@@ -11,11 +11,10 @@ import json
 import re
 
 import pytest
+from helpers_loading import LINEAR
 
 from wanmoe.configs import A14B_DIT, TI2V_5B_DIT, UMT5_XXL
 from wanmoe.loading import detect as D
-
-LINEAR = re.compile(r"^blocks\.\d+\.(self_attn|cross_attn)\.[qkvo]\.weight$|^blocks\.\d+\.ffn\.[02]\.weight$")
 
 
 def _load(manifests_dir, name):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers_dit import rel
 
 from wanmoe.errors import InputError
 from wanmoe.runtime import attention as A
@@ -10,10 +11,6 @@ from wanmoe.runtime import attention as A
 def qkv(b=2, lq=9, lk=11, n=3, hd=16, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(b, l, n, hd, generator=g).to(dtype) for l in (lq, lk, lk)]
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
 @pytest.mark.parametrize("k_lens", [None, [11, 11], [7, 7], [4, 10]])

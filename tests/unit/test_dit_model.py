@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers_dit import TINY, load_benchmark, randomize_, rel
 
 from wanmoe import configs
 from wanmoe.configs import DiTConfig
@@ -15,30 +16,6 @@ from wanmoe.runtime.attention import attention_backend
 # fp32 forwards of the same math in a different batch layout / padding: a few ulps of the
 # output scale (~4) from different GEMM blocking; 1e-5 relative leaves a wide margin.
 RTOL_FP32 = 1e-5
-
-TINY = DiTConfig(dim=96, ffn_dim=128, num_heads=2, num_layers=2, in_dim=16, out_dim=16,
-                 text_dim=32, text_len=16)  # head dim 48 -> RoPE split 16/16/16
-
-
-def randomize_(model: WanDiT, seed: int = 0) -> WanDiT:
-    """Deterministic non-trivial weights (non-unit norms, non-zero biases and head)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("modulation"):
-                p.copy_(torch.randn(p.shape, generator=g) / model.cfg.dim**0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
-    return model
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max|b|."""
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.fixture(scope="module")
@@ -160,15 +137,9 @@ def test_rope_norm_preserving_and_split():
 def test_benchmark_flop_formula_matches_flop_counter(tiny):
     """benchmarks/bench_dit.py's analytic FLOPs == torch's FlopCounterMode (reference attention,
     whose matmuls the counter sees; CPU SDPA kernels are not counted)."""
-    import importlib.util
-    from pathlib import Path
-
     from torch.utils.flop_counter import FlopCounterMode
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_dit.py"
-    spec = importlib.util.spec_from_file_location("bench_dit", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_dit")
     x = torch.randn(1, 16, 4, 8, 8)  # 64 tokens
     with FlopCounterMode(display=False) as counter, attention_backend("reference"):
         tiny(x, torch.tensor([5]), [torch.randn(3, 32)])

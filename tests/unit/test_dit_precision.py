@@ -4,30 +4,11 @@ import re
 
 import pytest
 import torch
+from helpers_dit import TINY, randomize_, rel
 
-from wanmoe.configs import DiTConfig
 from wanmoe.models import dit as dit_mod
 from wanmoe.models.dit import WanDiT
 from wanmoe.runtime.attention import attention_backend
-
-TINY = DiTConfig(dim=96, ffn_dim=128, num_heads=2, num_layers=2, in_dim=16, out_dim=16,
-                 text_dim=32, text_len=16)
-
-
-def randomize_(model: WanDiT, seed: int = 0) -> WanDiT:
-    """Deterministic non-trivial weights (non-unit norms, non-zero biases and head)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("modulation"):
-                p.copy_(torch.randn(p.shape, generator=g) / model.cfg.dim**0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
-    return model
 
 
 def inputs(seed=0):
@@ -77,7 +58,7 @@ def test_bf16_close_to_fp32():
     x, t, ctx = inputs(1)
     ref = model.set_compute_dtype(torch.float32)(x, t, ctx)
     low = model.set_compute_dtype(torch.bfloat16)(x, t, ctx)
-    err = ((low - ref).abs().max() / ref.abs().max()).item()
+    err = rel(low, ref)
     print(f"bf16 vs fp32 max|a-b|/max|b| = {err:.2e}")
     # bf16 has 8 mantissa bits (2^-8 = 3.9e-3 relative per rounding); a few roundings through
     # 2 blocks stay within ~1e-2 of the output scale, while wiring bugs give O(1) differences.
@@ -127,7 +108,7 @@ def test_bf16_cuda_matches_cpu_semantics():
     cpu = model(x, t, ctx)
     gpu = model.cuda()(x.cuda(), t.cuda(), [c.cuda() for c in ctx]).cpu()
     # bf16 kernels differ in accumulation order across devices: ~1 bf16 ulp at a few places.
-    assert ((gpu - cpu).abs().max() / cpu.abs().max()).item() < 1e-2
+    assert rel(gpu, cpu) < 1e-2
 
 
 # ---- independent reference: the official structure under CPU bf16 autocast -----------------
@@ -218,6 +199,6 @@ def test_bf16_matches_official_style_autocast_reference():
     assert torch.equal(exact, ref)
     # Per-sample time embedding (default): e differs by fp32 ulps (B vs B*L GEMM rows), which can
     # flip a downstream bf16 rounding (2^-8 relative on one element) -- far below bf16-vs-fp32.
-    err = ((compact - ref).abs().max() / ref.abs().max()).item()
+    err = rel(compact, ref)
     print(f"bf16, per-sample time embedding vs official-style reference: {err:.1e}")
     assert err < 1e-3

@@ -123,3 +123,17 @@ def test_write_is_atomic_on_failure(tmp_path):
     with pytest.raises(TypeError, match="int64"):
         write_gguf(path, {"a": torch.zeros(4), "b": torch.zeros(4, dtype=torch.int64)})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gguf_orig_shape_metadata(tmp_path):
+    # ComfyUI-GGUF records shapes ggml cannot hold under comfy.gguf.orig_shape.<name>.
+    w = gguf.GGUFWriter(str(tmp_path / "o.gguf"), "wan")
+    w.add_array("comfy.gguf.orig_shape.patch_embedding.weight", [8, 4, 1, 2, 2])
+    w.add_tensor("patch_embedding.weight", torch.arange(128.0).numpy().reshape(8, 16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    src = open_gguf(tmp_path / "o.gguf")
+    assert src.shape("patch_embedding.weight") == (8, 4, 1, 2, 2)
+    assert torch.equal(src.get("patch_embedding.weight"), torch.arange(128.0).reshape(8, 4, 1, 2, 2))

@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers_loading import (TINY_DIT, TINY_T5, TINY_VAE21, dit_state, tiny_preset, vae_state,
+                             write_diffusers, write_official_a14b, write_official_ti2v, write_wanmoe)
 from safetensors.torch import save_file
-from test_loading_builders import (TINY_DIT, TINY_T5, TINY_VAE21, dit_state, tiny_preset, vae_state,
-                                   write_diffusers, write_official_a14b, write_official_ti2v, write_wanmoe)
 
 from wanmoe.errors import CheckpointError
 from wanmoe.loading.checkpoint import resolve_checkpoint

@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
+from helpers_loading import (TINY_DIT, TINY_VAE21, TINY_VAE22, diffusers_transformer, diffusers_vae,
+                             dit_state, hf_umt5, t5_state, vae_state, write_official_a14b)
 from safetensors.torch import save_file
-from test_loading_builders import (TINY_DIT, TINY_VAE21, TINY_VAE22, diffusers_transformer, diffusers_vae,
-                                   dit_state, hf_umt5, t5_state, vae_state, write_official_a14b)
 
 from wanmoe.errors import CheckpointError
 from wanmoe.loading import inspect as insp

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
+from helpers_loading import write_sharded
 from safetensors.torch import load_file, save_file
-from test_loading_builders import write_sharded
 
 from wanmoe.errors import CheckpointError
 from wanmoe.loading.sources import TensorSource, open_tensors

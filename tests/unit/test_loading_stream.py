@@ -9,9 +9,8 @@ import textwrap
 
 import pytest
 import torch
+from helpers_loading import LINEAR, TINY_DIT, comfy_quant_state, dit_state, fp8_scaled_state, write_gguf_dit
 from safetensors.torch import load_file, save_file
-from test_detect_files import comfy_quant_state, fp8_scaled_state, write_gguf_dit
-from test_loading_builders import LINEAR, TINY_DIT, dit_state
 from torch import nn
 
 from wanmoe.errors import CheckpointError

@@ -173,3 +173,22 @@ def test_fp8_file_kept_in_fp8(tmp_path, dtype):
                     install_quantized=make_installer())
     assert all(isinstance(m, FP8Linear) for _, m in block_linears(kept))
     assert torch.equal(run(kept), run(load_dit(out, CFG, dtype)))  # same numbers as dequantised at load
+
+
+def test_keep_source_reads_comfy_legacy_fp8(tmp_path):
+    from wanmoe.loading.sources import open_tensors
+    from wanmoe.runtime.quant.apply import FP8Weight, KeepScaledFP8Source
+
+    w = torch.randn(8, 16)
+    q = (w / 0.01).to(torch.float8_e4m3fn)
+    save_file({"blocks.0.ffn.0.weight": q, "blocks.0.ffn.0.scale_weight": torch.tensor(0.01),
+               "blocks.0.ffn.0.bias": torch.zeros(8), "scaled_fp8": torch.zeros(0)},
+              str(tmp_path / "comfy.safetensors"))
+    src = KeepScaledFP8Source(open_tensors(tmp_path / "comfy.safetensors"))
+    assert sorted(src.keys()) == ["blocks.0.ffn.0.bias", "blocks.0.ffn.0.weight"]
+    assert src.dtype("blocks.0.ffn.0.weight") == "FP8"
+    got = src.get("blocks.0.ffn.0.weight")
+    assert isinstance(got, FP8Weight) and got.scale.shape == (8, 1)
+    # ComfyUI's rule: w = weight.float() * scale_weight
+    assert torch.equal(src.get("blocks.0.ffn.0.weight", torch.float32), q.float() * torch.tensor(0.01))
+

@@ -8,13 +8,12 @@ component it was given as, both experts are the same model, VAE z_dim == DiT in_
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from wanmoe.configs import T2V_A14B, TI2V_5B, WAN21_VAE, WAN22_VAE, DiTConfig, ModelPreset, VAEConfig
 from wanmoe.errors import CheckpointError
-from wanmoe.loading.detect import MODEL_A14B, Detection, detect_file
+from wanmoe.loading.detect import MODEL_A14B, Detection, detect_file, is_tokenizer_dir, read_json
 
 WHAT = {"dit": "a Wan DiT", "vae": "a Wan VAE", "text_encoder": "a umT5 text encoder", "tokenizer": "a tokenizer"}
 A14B_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
@@ -36,13 +35,6 @@ class CheckpointSpec:
     root: Path | None = None
 
 
-def _read_json(p: Path) -> dict:
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{p} is not readable JSON ({e})") from None
-
-
 def _one(folder: Path, pattern: str, default: str) -> Path:
     found = sorted(folder.glob(pattern))
     return found[0] if found else folder / default
@@ -51,7 +43,7 @@ def _one(folder: Path, pattern: str, default: str) -> Path:
 def _layout(root: Path) -> tuple[str, dict[str, Path], dict | None]:
     """(layout name, default role -> path, wanmoe.json dict or None) of a checkpoint folder."""
     if (root / "wanmoe.json").is_file():
-        meta = _read_json(root / "wanmoe.json")
+        meta = read_json(root / "wanmoe.json")
         if meta.get("format") != "wanmoe" or "files" not in meta or "preset" not in meta:
             raise CheckpointError(f"{root / 'wanmoe.json'} is not a wanmoe checkpoint description "
                                   "(needs format='wanmoe', preset and files)")
@@ -90,7 +82,7 @@ def _check_tokenizer(path: Path) -> None:
     if not path.exists():
         raise CheckpointError(f"tokenizer {path} does not exist (expected a folder with tokenizer.json "
                               "or spiece.model, or a tokenizer.json file)")
-    if path.is_dir() and not any((path / f).is_file() for f in ("tokenizer.json", "spiece.model")):
+    if path.is_dir() and not is_tokenizer_dir(path):
         raise CheckpointError(f"tokenizer folder {path} holds neither tokenizer.json nor spiece.model")
 
 
@@ -100,7 +92,7 @@ def _dit_from_config(det: Detection, folder: Path) -> DiTConfig:
     d = det.dims
     if cfg_path is None or not cfg_path.is_file():
         return det.dit_config()
-    c = _read_json(cfg_path)
+    c = read_json(cfg_path)
     if "num_attention_heads" in c:  # diffusers WanTransformer3DModel
         heads = c["num_attention_heads"]
         vals = {"dim": heads * c["attention_head_dim"], "num_heads": heads, "in_dim": c["in_channels"],

@@ -13,26 +13,16 @@ from torch import nn
 
 from wanmoe.configs import DiTConfig, VAEConfig
 from wanmoe.errors import CheckpointError
-from wanmoe.loading.detect import Detection, detect_tensors
-from wanmoe.loading.keymaps import KeyMap, key_map_for
-from wanmoe.loading.sources import PickleSource, ShardedSafetensors, TensorSource, open_tensors
-from wanmoe.loading.stream import InstallQuantized, empty_weights, stream_load
+from wanmoe.loading.detect import Detection, detect_source  # detect_source re-exported (convert.py)
+from wanmoe.loading.keymaps import key_map_for
+from wanmoe.loading.sources import TensorSource, open_tensors
+from wanmoe.loading.stream import InstallQuantized, KeyMap, empty_weights, stream_load
 
 
 def _open(source_or_path) -> tuple[TensorSource, bool]:
     if isinstance(source_or_path, TensorSource):
         return source_or_path, False
     return open_tensors(source_or_path), True
-
-
-def detect_source(src: TensorSource) -> Detection:
-    """Detection of an already opened source (container from its type)."""
-    container = ("gguf" if src.path.suffix.lower() == ".gguf" else "sharded" if isinstance(src, ShardedSafetensors)
-                 else "pickle" if isinstance(src, PickleSource) else "safetensors")
-    entries = {k: (src.shape(k), str(src.dtype(k)).removeprefix("torch.")) for k in src.keys()}
-    det = detect_tensors(entries, src.metadata, container=container)
-    det.path = src.path
-    return det
 
 
 def _expect(det: Detection, component: str, what: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from wanmoe.configs import TI2V_5B_DIT, A14B_DIT, UMT5_XXL, DiTConfig, T5Config
 from wanmoe.errors import CheckpointError
+from wanmoe.loading.keymaps_dit import common_prefix  # ComfyUI-style save prefixes, any component
 
 MODEL_A14B = "Wan2.2 A14B expert"
 MODEL_5B = "Wan2.2 TI2V-5B DiT"
@@ -25,9 +26,9 @@ MODEL_VAE22 = "Wan2.2 VAE"
 MODEL_UMT5 = "umT5-XXL encoder"
 MODEL_T5_CUSTOM = "umT5 encoder (custom dims)"
 
-PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")  # ComfyUI-style save prefixes
 FP8_SCALED_AUX = (".scale_weight", ".scale_input")  # ComfyUI legacy fp8_scaled
 COMFY_QUANT_AUX = (".comfy_quant", ".weight_scale", ".weight_scale_2", ".input_scale")
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model")  # what marks a tokenizer folder
 HEAD_DIM = 128  # every published Wan DiT; heads cannot be read from shapes (qk-norm is full width)
 
 
@@ -115,15 +116,6 @@ def split_aux(names) -> tuple[list[str], list[str], str]:
         else:
             core.append(n)
     return core, aux, kind
-
-
-def common_prefix(names) -> str:
-    """The ComfyUI save prefix every name carries ("" when none)."""
-    names = list(names)
-    for p in PREFIXES:
-        if names and all(n.startswith(p) for n in names):
-            return p
-    return ""
 
 
 _DIT_OFFICIAL = {"patch_embedding.weight", "head.head.weight", "time_projection.1.weight"}
@@ -274,33 +266,50 @@ def detect_tensors(entries: Mapping[str, tuple], metadata: Mapping | None = None
 
 # ---- files and folders ----------------------------------------------------------------------
 
-def _read_json(p: Path) -> dict:
+def read_json(p: Path) -> dict:
+    """Parsed JSON file; CheckpointError naming the file when it is unreadable or not JSON."""
     try:
         return json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{p} is not readable JSON ({e})") from None
 
 
+def container_of(src) -> str:
+    """Container label of an opened TensorSource: gguf | sharded | pickle | safetensors."""
+    from wanmoe.loading.sources import PickleSource, ShardedSafetensors
+
+    if src.path.suffix.lower() == ".gguf":
+        return "gguf"
+    if isinstance(src, ShardedSafetensors):
+        return "sharded"
+    return "pickle" if isinstance(src, PickleSource) else "safetensors"
+
+
+def detect_source(src, config: Mapping | None = None) -> Detection:
+    """Detection of an already opened TensorSource (headers only), `path` set to the source's."""
+    entries = {k: (src.shape(k), str(src.dtype(k)).removeprefix("torch."), src.nbytes(k)) for k in src.keys()}
+    det = detect_tensors(entries, src.metadata, container=container_of(src), config=config)
+    det.path = src.path
+    return det
+
+
 def detect_file(path: str | Path) -> Detection:
     """Detect one weights file, shard index, or folder holding one weight set."""
-    from wanmoe.loading.sources import PickleSource, ShardedSafetensors, open_tensors
+    from wanmoe.loading.sources import open_tensors
 
     p = Path(path)
     with open_tensors(p) as src:
-        entries = {k: (src.shape(k), str(src.dtype(k)).removeprefix("torch."), src.nbytes(k)) for k in src.keys()}
-        container = ("gguf" if p.suffix.lower() == ".gguf" else "sharded" if isinstance(src, ShardedSafetensors)
-                     else "pickle" if isinstance(src, PickleSource) else "safetensors")
-        metadata = src.metadata
-        folder = p if p.is_dir() else p.parent
-    cfg_path = folder / "config.json"
-    config = _read_json(cfg_path) if cfg_path.is_file() and (p.is_dir() or container == "sharded") else None
-    det = detect_tensors(entries, metadata, container=container, config=config)
+        # config.json describes a folder's weights: read it for a folder or a shard set only
+        cfg_path = (p if p.is_dir() else p.parent) / "config.json"
+        own_folder = p.is_dir() or container_of(src) == "sharded"
+        det = detect_source(src, read_json(cfg_path) if own_folder and cfg_path.is_file() else None)
     det.path = p
     return det
 
 
-def _is_tokenizer_dir(p: Path) -> bool:
-    return p.is_dir() and any((p / f).is_file() for f in ("tokenizer.json", "spiece.model"))
+def is_tokenizer_dir(p: Path) -> bool:
+    """A folder holding a tokenizer file (`TOKENIZER_FILES`)."""
+    return p.is_dir() and any((p / f).is_file() for f in TOKENIZER_FILES)
 
 
 def detect(path: str | Path) -> Detection:
@@ -323,7 +332,7 @@ def detect(path: str | Path) -> Detection:
         return _pipeline_detection(p, "official-dir-a14b")
     if (p / "config.json").is_file() and any(p.glob("models_t5_*.pth")):
         return _pipeline_detection(p, "official-dir-ti2v5b")
-    if _is_tokenizer_dir(p) and not any(p.glob("*.safetensors")):
+    if is_tokenizer_dir(p) and not any(p.glob("*.safetensors")):
         return Detection("tokenizer-dir", "tokenizer", "tokenizer", path=p)
     return detect_file(p)
 

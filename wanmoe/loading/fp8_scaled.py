@@ -14,7 +14,7 @@ import json
 import torch
 
 from wanmoe.errors import CheckpointError
-from wanmoe.loading.detect import COMFY_QUANT_AUX, FP8_SCALED_AUX, split_aux
+from wanmoe.loading.detect import split_aux
 from wanmoe.loading.sources import TensorSource
 
 _FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -23,7 +23,7 @@ _FLOAT8_FORMATS = ("float8_e4m3fn", "float8_e5m2")
 
 def needs_scaling(source: TensorSource) -> bool:
     """True for a ComfyUI fp8_scaled or comfy_quant file (scales must be applied on load)."""
-    _, aux, kind = split_aux(source.keys())
+    kind = split_aux(source.keys())[2]
     return bool(kind) or "_quantization_metadata" in source.metadata
 
 
@@ -35,16 +35,15 @@ class ScaledFp8Source(TensorSource):
         self.paths = inner.paths
         self.metadata = inner.metadata
         names = inner.keys()
-        core, aux, kind = split_aux(names)
-        self.kind = kind or "comfy_quant"
+        core, aux, _ = split_aux(names)
         self._core = core
-        self._formats = self._read_formats(set(aux))
+        self._check_formats(set(aux))
         self._scale: dict[str, str] = {}
         have = set(names)
         for n in aux:
-            for suffix, weight_suffix in ((".scale_weight", ".weight"), (".weight_scale", ".weight")):
+            for suffix in (".scale_weight", ".weight_scale"):  # legacy / comfy_quant scale of X.weight
                 if n.endswith(suffix):
-                    w = n[: -len(suffix)] + weight_suffix
+                    w = n[: -len(suffix)] + ".weight"
                     if w not in have:
                         raise CheckpointError(f"{inner.file_of(n)}: scale {n!r} has no weight {w!r}")
                     self._scale[w] = n
@@ -54,8 +53,8 @@ class ScaledFp8Source(TensorSource):
                                       f"({n.removesuffix('.weight')}.scale_weight / .weight_scale); "
                                       "the file is incomplete and would load wrong by the scale factor")
 
-    def _read_formats(self, aux: set[str]) -> dict[str, str]:
-        """Per-layer quant format ("float8_e4m3fn", "nvfp4", ...) of a comfy_quant file."""
+    def _check_formats(self, aux: set[str]) -> None:
+        """Refuse a comfy_quant file whose per-layer format ("nvfp4", ...) is not a float8 one."""
         fmts: dict[str, str] = {}
         meta = self.metadata.get("_quantization_metadata")
         if meta:
@@ -75,7 +74,6 @@ class ScaledFp8Source(TensorSource):
             if fmt and fmt not in _FLOAT8_FORMATS:
                 raise CheckpointError(f"{self.paths[0]}: layer {layer!r} uses comfy_quant format {fmt!r}; "
                                       f"only {', '.join(_FLOAT8_FORMATS)} are supported")
-        return fmts
 
     def keys(self) -> list[str]:
         return list(self._core)
@@ -89,8 +87,7 @@ class ScaledFp8Source(TensorSource):
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         scale_name = self._scale.get(name)
         if scale_name is None:
-            t = self.inner.get(name)
-            return t if dtype is None else t.to(dtype)
+            return self.inner.get(name, dtype)
         w = self.inner.get(name).float()  # fp8 -> fp32 first: the scale is applied in fp32 (ComfyUI)
         w = w * self.inner.get(scale_name).float()  # per-tensor (or broadcastable per-row) scale
         return w if dtype is None else w.to(dtype)
@@ -104,7 +101,3 @@ class ScaledFp8Source(TensorSource):
     def close(self) -> None:
         self.inner.close()
 
-
-def is_scale_name(name: str) -> bool:
-    """True for auxiliary scale/marker tensor names of either ComfyUI layout."""
-    return name.endswith(FP8_SCALED_AUX + COMFY_QUANT_AUX) or name.rsplit(".", 1)[-1] == "scaled_fp8"

@@ -76,12 +76,16 @@ def _check_tensor(path, name, raw_type, dims, start, file_size, gguf) -> None:
             f"has only {file_size} bytes; the file is truncated (re-download it)")
 
 
-def _torch_shape(name: str, dims, meta: dict) -> tuple[int, ...]:
+def _torch_shape(path, name: str, dims, meta: dict) -> tuple[int, ...]:
     """GGUF dims (innermost first) -> torch shape, with the Wan shape restorations."""
+    shape = tuple(int(d) for d in reversed(list(dims)))
     override = meta.get(_ORIG_SHAPE_KEY + name)
     if override is not None:
-        return tuple(int(d) for d in override)
-    shape = tuple(int(d) for d in reversed(list(dims)))
+        orig = tuple(int(d) for d in override)
+        if math.prod(orig) != math.prod(shape):
+            raise CheckpointError(f"{path}: tensor {name!r} has {math.prod(shape)} elements but its "
+                                  f"{_ORIG_SHAPE_KEY}{name} entry says shape {list(orig)}")
+        return orig
     # ggml drops trailing unit dims: a block modulation [1, 6, d] can be stored as [6, d].
     if name.endswith("modulation") and len(shape) == 2:
         shape = (1,) + shape
@@ -105,7 +109,7 @@ class GGUFSource(TensorSource):
                 f"{self.path}: not a readable GGUF file (truncated or corrupt header: {e})") from e
         self.metadata = self._read_metadata()
         self._tensors = {t.name: t for t in self._reader.tensors}
-        self._shapes = {n: _torch_shape(n, t.shape, self.metadata) for n, t in self._tensors.items()}
+        self._shapes = {n: _torch_shape(self.path, n, t.shape, self.metadata) for n, t in self._tensors.items()}
 
     def _read_metadata(self) -> dict:
         meta = {}

@@ -38,9 +38,11 @@ def _lines(det: Detection, indent: str = "") -> list[str]:
     return out
 
 
-def inspect_paths(path, path2=None) -> dict:
-    """Detections of one or two paths plus the expert roles of a pair (JSON-ready)."""
-    dets = [detect(path)] + ([detect(path2)] if path2 is not None else [])
+def _detect_all(path, path2=None) -> list[Detection]:
+    return [detect(p) for p in (path, path2) if p is not None]
+
+
+def _report(dets: list[Detection], path, path2) -> dict:
     out = {"checkpoints": [_as_dict(d) for d in dets]}
     if path2 is not None:
         roles = expert_roles(path, path2)
@@ -51,9 +53,7 @@ def inspect_paths(path, path2=None) -> dict:
     return out
 
 
-def describe(path, path2=None) -> str:
-    """Human-readable report: format, component, model, dims, dtype histogram, bytes, roles."""
-    dets = [detect(path)] + ([detect(path2)] if path2 is not None else [])
+def _describe(dets: list[Detection], path, path2) -> str:
     lines: list[str] = []
     for d in dets:
         lines += _lines(d)
@@ -65,26 +65,40 @@ def describe(path, path2=None) -> str:
     return "\n".join(lines)
 
 
-def estimate_text(path, path2=None) -> str:
-    """Resident-memory estimate table from the quantisation helper, when it is installed."""
+def _estimate(dets: list[Detection]) -> str:
     try:
         from wanmoe.runtime.quant.estimate import estimate_table
     except ImportError:
         return "memory estimate unavailable (wanmoe.runtime.quant.estimate is not installed)"
-    dets = [detect(path)] + ([detect(path2)] if path2 is not None else [])
     return str(estimate_table(dets[0] if len(dets) == 1 else dets))
 
 
+def inspect_paths(path, path2=None) -> dict:
+    """Detections of one or two paths plus the expert roles of a pair (JSON-ready)."""
+    return _report(_detect_all(path, path2), path, path2)
+
+
+def describe(path, path2=None) -> str:
+    """Human-readable report: format, component, model, dims, dtype histogram, bytes, roles."""
+    return _describe(_detect_all(path, path2), path, path2)
+
+
+def estimate_text(path, path2=None) -> str:
+    """Resident-memory estimate table from the quantisation helper, when it is installed."""
+    return _estimate(_detect_all(path, path2))
+
+
 def _run(args) -> int:
+    dets = _detect_all(args.path, args.path2)  # once, whatever is printed
     if args.json:
-        out = inspect_paths(args.path, args.path2)
+        out = _report(dets, args.path, args.path2)
         if args.estimate:
-            out["estimate"] = estimate_text(args.path, args.path2)
+            out["estimate"] = _estimate(dets)
         print(json.dumps(out, indent=2, default=str))
     else:
-        print(describe(args.path, args.path2))
+        print(_describe(dets, args.path, args.path2))
         if args.estimate:
-            print(estimate_text(args.path, args.path2))
+            print(_estimate(dets))
     return 0
 
 

@@ -7,12 +7,12 @@ answer None for a name, meaning "a duplicate of another stored tensor: skip it".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import importlib
+from collections.abc import Iterable
 
 from wanmoe.errors import CheckpointError
 from wanmoe.loading.detect import Detection
-
-KeyMap = Callable[[str], "str | None"]
+from wanmoe.loading.stream import KeyMap
 
 
 def _strip(prefix: str) -> KeyMap:
@@ -20,8 +20,6 @@ def _strip(prefix: str) -> KeyMap:
 
 
 def _import(module: str, attr: str):
-    import importlib
-
     try:
         return getattr(importlib.import_module(f"wanmoe.loading.{module}"), attr)
     except (ImportError, AttributeError) as e:
@@ -42,8 +40,8 @@ def _t5_map(det: Detection, names: Iterable[str]) -> KeyMap:
     if det.naming != "hf":
         return strip
     to_off = _import("keymaps_t5", "hf_to_official")
+    tied = _import("keymaps_t5", "HF_TIED")  # HF stores the embedding twice: alias -> stored name
     stored = {strip(n) for n in names}
-    tied = {"encoder.embed_tokens.weight": "shared.weight"}  # HF stores the embedding twice
 
     def key_map(n: str) -> str | None:
         n = strip(n)

@@ -15,6 +15,7 @@ the loaded weights plus the largest source tensor.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import struct
 from collections.abc import Iterator
@@ -60,12 +61,7 @@ class TensorSource:
     def nbytes(self, name: str) -> int | None:
         """Stored bytes of one tensor (None when the container does not say)."""
         dt = self.dtype(name)
-        if isinstance(dt, str):
-            return None
-        n = 1
-        for s in self.shape(name):
-            n *= s
-        return n * dt.itemsize
+        return None if isinstance(dt, str) else math.prod(self.shape(name)) * dt.itemsize
 
     def close(self) -> None:
         """Release file handles (safe to call twice)."""
@@ -207,8 +203,9 @@ def _read_st_header(path: Path) -> tuple[dict, int]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if not isinstance(info, dict) or info.get("dtype") not in ST_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has an unsupported or broken header entry {info!r}")
+        if not isinstance(info, dict) or info.get("dtype") not in ST_DTYPES or "data_offsets" not in info:
+            raise CheckpointError(f"{path}: tensor {name!r} has an unsupported or broken header entry {info!r}; "
+                                  f"expected data_offsets and a dtype in {sorted(ST_DTYPES)}")
         end = max(end, info["data_offsets"][1])
     if 8 + n + end > size:
         raise CheckpointError(f"{path} is truncated: its tensors need {8 + n + end} bytes "
@@ -359,52 +356,12 @@ def open_tensors(path: str | Path) -> TensorSource:
     if name.endswith(".gguf"):
         return _open_gguf(p)
     raise CheckpointError(f"{p}: unknown checkpoint type; expected .safetensors, "
-                          ".safetensors.index.json, .pth/.pt or .gguf")
+                          ".safetensors.index.json, .pth/.pt/.bin/.ckpt or .gguf")
 
 
 def _open_gguf(p: Path) -> TensorSource:
     try:
-        from wanmoe.loading import gguf as gguf_mod
+        from wanmoe.loading.gguf import open_gguf
     except ImportError as e:
         raise CheckpointError(f"{p}: GGUF support is unavailable ({e}); install `gguf`") from None
-    opener = getattr(gguf_mod, "open_gguf", None) or getattr(gguf_mod, "GGUFSource", None)
-    if opener is None:
-        raise CheckpointError(f"{p}: wanmoe.loading.gguf provides no GGUF reader")
-    src = opener(p)
-    return src if isinstance(src, TensorSource) else ForeignSource(src, p)
-
-
-class ForeignSource(TensorSource):
-    """Adapter giving a duck-typed reader (the GGUF one) the full TensorSource interface."""
-
-    def __init__(self, inner, path: Path) -> None:
-        self.inner = inner
-        self.paths = (Path(path),)
-        self.metadata = getattr(inner, "metadata", {}) or {}
-
-    def keys(self) -> list[str]:
-        return list(self.inner.keys())
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.inner.shape(name))
-
-    def dtype(self, name: str) -> torch.dtype | str:
-        return self.inner.dtype(name)
-
-    def get(self, name: str, dtype: torch.dtype | None = None):
-        return self.inner.get(name, dtype)
-
-    def nbytes(self, name: str) -> int | None:
-        own = getattr(self.inner, "nbytes", None)
-        if own is not None:
-            return own(name)
-        dt = self.dtype(name)
-        if not isinstance(dt, str):
-            return super().nbytes(name)
-        from wanmoe.loading.detect import quant_nbytes
-
-        return quant_nbytes(self.shape(name), dt)
-
-    def close(self) -> None:
-        self.inner.close()
-
+    return open_gguf(p)

@@ -8,12 +8,14 @@ Missing, unexpected and wrongly shaped tensors are found from the headers before
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from wanmoe.errors import CheckpointError
 from wanmoe.loading.sources import TensorSource
@@ -22,26 +24,27 @@ KeyMap = Callable[[str], "str | None"]  # source name -> official name (None: dr
 InstallQuantized = Callable[[nn.Module, str, object], None]
 
 
+def _param_to_meta(module: nn.Module, name: str, param: nn.Parameter) -> nn.Parameter | None:
+    """Parameter-registration hook: the meta twin of a real parameter (None keeps it as is)."""
+    if param.device.type == "meta":
+        return None
+    return nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+
 @contextlib.contextmanager
 def empty_weights() -> Iterator[None]:
     """Build modules with parameters on the meta device; buffers stay real (RoPE tables etc.).
 
-    Parameters are moved to meta the moment they are registered, so the init that follows
+    Parameters are moved to meta the moment they are registered (torch's documented global
+    parameter-registration hook, removed on exit), so the init that follows
     (`reset_parameters`) runs on meta and costs nothing; `torch.empty` pages are never touched.
-    The patch of `nn.Module.register_parameter` is undone on exit.
+    Not `with torch.device("meta")`: that would put buffers computed at build time on meta too.
     """
-    original = nn.Module.register_parameter
-
-    def register(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(self, name, param)
-        if param is not None and param.device.type != "meta":
-            self._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    handle = register_module_parameter_registration_hook(_param_to_meta)
     try:
         yield
     finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
+        handle.remove()
 
 
 def refuse_quantized(module: nn.Module, name: str, value: object) -> None:
@@ -63,8 +66,6 @@ class LoadReport:
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
-    import fnmatch
-
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
@@ -76,7 +77,7 @@ def _few(names: list[str], n: int = 5) -> str:
 def plan(module: nn.Module, source: TensorSource, key_map: KeyMap | None,
          allow_missing: Iterable[str], allow_unexpected: Iterable[str]) -> tuple[dict[str, str], LoadReport]:
     """Match source names to the module's state dict; {official name: source name}. Strict."""
-    expected = _state_shapes(module)
+    expected = {name: tuple(t.shape) for name, t in _tied_state(module)[0].items()}
     mapping: dict[str, str] = {}
     unexpected: list[str] = []
     report = LoadReport()
@@ -107,26 +108,21 @@ def plan(module: nn.Module, source: TensorSource, key_map: KeyMap | None,
     return mapping, report
 
 
-def _state_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
-    seen: dict[int, str] = {}
-    out = {}
-    for name, t in module.state_dict(keep_vars=True).items():
-        if id(t) in seen:  # tied tensor: loaded once under its first name
-            continue
-        seen[id(t)] = name
-        out[name] = tuple(t.shape)
-    return out
+def _tied_state(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """({first name: tensor}, {first name: later names of the same tensor}) of the state dict.
 
-
-def _aliases(module: nn.Module) -> dict[str, list[str]]:
+    A tied tensor (one tensor under several names) is loaded once, under its first name.
+    """
     first: dict[int, str] = {}
-    out: dict[str, list[str]] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, list[str]] = {}
     for name, t in module.state_dict(keep_vars=True).items():
         if id(t) in first:
-            out.setdefault(first[id(t)], []).append(name)
+            aliases.setdefault(first[id(t)], []).append(name)
         else:
             first[id(t)] = name
-    return out
+            tensors[name] = t
+    return tensors, aliases
 
 
 def target_dtype(module: nn.Module, name: str, current: torch.dtype, dtype: torch.dtype | None) -> torch.dtype:
@@ -167,8 +163,7 @@ def stream_load(module: nn.Module, source: TensorSource, *, dtype: torch.dtype |
         source = ScaledFp8Source(source)
     allow_missing, allow_unexpected = tuple(allow_missing), tuple(allow_unexpected)
     mapping, report = plan(module, source, key_map, allow_missing, allow_unexpected)
-    aliases = _aliases(module)
-    current = {n: t for n, t in module.state_dict(keep_vars=True).items()}
+    current, aliases = _tied_state(module)
     install = install_quantized or refuse_quantized
     with torch.no_grad():
         for name, src in mapping.items():
@@ -185,7 +180,6 @@ def stream_load(module: nn.Module, source: TensorSource, *, dtype: torch.dtype |
                 assign(module, alias, value)
             report.loaded += 1
             report.bytes += value.numel() * value.element_size()
-            del value
         _finish(module, report, device, dtype)
     report.seconds = time.perf_counter() - t0
     return report

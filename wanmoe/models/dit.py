@@ -208,11 +208,15 @@ class WanDiT(nn.Module):
         n = math.prod(grid)
         seq_len = n if seq_len is None else seq_len
         if seq_len < n:
-            raise InputError(f"seq_len {seq_len} is smaller than the token count {n} of grid {grid}")
+            raise InputError(f"seq_len {seq_len} is smaller than the token count {n} of grid {grid}; "
+                             f"pass seq_len >= {n} or None")
         h = tokens.flatten(2).transpose(1, 2)  # [B, n, d]
+        k_lens = None
         if seq_len > n:
             h = torch.cat([h, h.new_zeros(b, seq_len - n, h.shape[2])], dim=1)  # [B, L, d]
-        k_lens = torch.full((b,), n, dtype=torch.long, device=x.device) if seq_len > n else None
+            # On the CPU: the attention backends read the lengths as Python ints in every block,
+            # which for a GPU tensor would be one device sync per block.
+            k_lens = torch.full((b,), n, dtype=torch.long)
         e, e0 = self.time_embed(t.to(x.device), b, seq_len)
         ctx = self.embed_text(context, lowp, x.device)
         rope = rope_table(grid, self.cfg.rope_split, seq_len, device=x.device)

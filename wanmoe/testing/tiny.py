@@ -39,8 +39,9 @@ CORPUS = (
 
 
 def tiny_dit_config(in_dim: int) -> DiTConfig:
-    """2 layers, width 32, 2 heads of 16 (RoPE split 8/4/4), official text_len and freq_dim."""
-    return DiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=in_dim, out_dim=in_dim,
+    """2 layers, 2 heads of the official head dim 128 (RoPE split 44/42/42; GGUF files carry no
+    head count and loaders assume dim // 128), official text_len and freq_dim."""
+    return DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=in_dim, out_dim=in_dim,
                      text_dim=TEXT_DIM)
 
 

@@ -2,13 +2,15 @@
 
 Each tile runs through the whole time range with its own causal cache (tiles are independent),
 so peak decoder memory scales with the tile area instead of the frame area. In an overlap of o
-pixels the left/top tile's weight falls linearly (o-i-0.5)/o while the next one's rises (i+0.5)/o;
-the output is the weight-normalised sum. A single tile covering the latent has weight 1 and
+pixels the left/top tile's weight falls linearly (o-i-0.5)/o while the next one's rises (i+0.5)/o
+(a partition of unity where two tiles meet); the output is the weight-normalised sum, which also
+covers the rare spots where three tiles overlap. A single tile covering the latent has weight 1 and
 reproduces the untiled decode exactly.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,11 +35,11 @@ class TileSpec:
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets covering [0, size) with tiles of `tile` overlapping by at least `overlap`."""
+    """Evenly spaced starts covering [0, size) with neighbours overlapping by at least `overlap`."""
     if tile >= size:
         return [0]
-    starts = list(range(0, size - tile, tile - overlap))
-    return starts + [size - tile]  # the last tile is aligned to the end (its overlap may be larger)
+    n = 1 + math.ceil((size - tile) / (tile - overlap))  # fewest tiles with step <= tile - overlap
+    return [round(k * (size - tile) / (n - 1)) for k in range(n)]
 
 
 def ramp_weights(starts: list[int], tile: int, size: int, scale: int) -> list[torch.Tensor]:

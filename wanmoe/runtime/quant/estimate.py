@@ -178,13 +178,15 @@ def estimate_table(entries, formats: Iterable[str] = FORMATS, nonblock: str = "F
             return "memory estimate: only for DiT checkpoints (no DiT found)"
         entries, n_experts = dits[0], len(dits)
     rows = estimate_rows(entries, formats, nonblock, compute_dtype)
-    lines = [f"{'format':<8} {'file GB':>8} {'resident GB':>12}  tensor types (file)"]
+    big = max(r["file_bytes"] for r in rows) >= 1e8
+    unit, div = ("GB", 1e9) if big else ("MB", 1e6)
+    lines = [f"{'format':<8} {'file ' + unit:>8} {'resident ' + unit:>12}  tensor types (file)"]
     for r in rows:
         hist = ", ".join(f"{k} {v}" for k, v in sorted(r["types"].items(), key=lambda kv: -kv[1]))
-        lines.append(f"{r['format']:<8} {r['file_bytes'] / 1e9:>8.2f} {r['resident_bytes'] / 1e9:>12.2f}  {hist}")
+        lines.append(f"{r['format']:<8} {r['file_bytes'] / div:>8.2f} {r['resident_bytes'] / div:>12.2f}  {hist}")
     dt = str(compute_dtype).removeprefix("torch.")
     if n_experts > 1:
         lines.append(f"{n_experts} experts: multiply by {n_experts} when all are resident at once.")
-    lines.append(f"GB = 1e9 bytes, one expert. Resident: {dt} run, unquantised tensors in their storage "
+    lines.append(f"{unit} = 10^{9 if big else 6} bytes, one expert. Resident: {dt} run, unquantised tensors in their storage "
                  f"dtype; GGUF formats resident as --weights keep. GGUF non-block 2-D tensors: {nonblock}.")
     return "\n".join(lines)
