@@ -7,7 +7,8 @@
    workspace buffer + matmul), fp8 and int8 weight-only; median times and ratio candidate /
    baseline from the same run. On CUDA too when available (plus fp8 `_scaled_mm`).
 
-Usage (repo root): PYTHONPATH=. python benchmarks/bench_quant.py [--tokens 256] [--reps 5] [--device cpu|cuda]
+Usage (repo root): PYTHONPATH=. python benchmarks/bench_quant.py [--tokens 256] [--reps 5]
+       [--device cpu|cuda] [--act-dtype bf16|fp32] [--skip-quality] [--skip-speed]
 """
 
 from __future__ import annotations
@@ -107,20 +108,24 @@ def _channel(cls, w: torch.Tensor, **kw):
 
 
 @torch.no_grad()
-def speed_table(device: torch.device, tokens: int, reps: int) -> list[str]:
-    rows = _Printed(["| shape | weights | median ms | bf16 F.linear ms | ratio (cand./base) | weight MB |",
-                     "|---|---|---|---|---|---|"])
+def speed_table(device: torch.device, tokens: int, reps: int, dtype: torch.dtype = torch.bfloat16) -> list[str]:
+    tag = str(dtype).removeprefix("torch.")
+    rows = _Printed([f"| shape | weights | median ms | of which dequant ms | {tag} F.linear ms "
+                     "| ratio (cand./base) | weight MB |", "|---|---|---|---|---|---|---|"])
     for label, (out_f, in_f) in SHAPES.items():
         w = torch.randn(out_f, in_f) / in_f**0.5
-        x = torch.randn(tokens, in_f).to(device=device, dtype=torch.bfloat16)
-        w_bf16 = w.to(device=device, dtype=torch.bfloat16)
-        base = median_ms(lambda: F.linear(x, w_bf16), device, reps)
-        rows.append(f"| {label} | bf16 (baseline) | {base:.1f} | {base:.1f} | 1.00 | {w_bf16.numel() * 2 / 1e6:.0f} |")
+        x = torch.randn(tokens, in_f).to(device=device, dtype=dtype)
+        w_dense = w.to(device=device, dtype=dtype)
+        base = median_ms(lambda: F.linear(x, w_dense), device, reps)
+        mb = w_dense.numel() * w_dense.element_size() / 1e6
+        rows.append(f"| {label} | {tag} (baseline) | {base:.1f} | - | {base:.1f} | 1.00 | {mb:.0f} |")
+        buf = torch.empty(out_f, in_f, device=device, dtype=dtype)
         for name, mod in _candidates(w, device).items():
             ms = median_ms(lambda mod=mod: mod(x), device, reps)
+            deq = median_ms(lambda mod=mod: mod.dequantized(dtype, out=buf), device, reps)
             mb = sum(b.numel() * b.element_size() for b in mod.buffers()) / 1e6
-            rows.append(f"| {label} | {name} | {ms:.1f} | {base:.1f} | {ms / base:.2f} | {mb:.0f} |")
-        del w, w_bf16
+            rows.append(f"| {label} | {name} | {ms:.1f} | {deq:.1f} | {base:.1f} | {ms / base:.2f} | {mb:.0f} |")
+        del w, w_dense
     return rows
 
 
@@ -148,15 +153,20 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--act-dtype", choices=["bf16", "fp32"], default="bf16",
+                    help="activation / compute dtype of the speed runs (baseline = dense weights in it)")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-quality", action="store_true")
     args = ap.parse_args()
     device = torch.device(args.device)
     print(f"hardware: {hardware(device)}; torch {torch.__version__}")
-    print("\nDiT output quality (tiny random WanDiT, 4 blocks, bf16 compute):")
-    print("\n".join(quality_table(device)))
+    if not args.skip_quality:
+        print("\nDiT output quality (tiny random WanDiT, 4 blocks, bf16 compute):")
+        print("\n".join(quality_table(device)))
     if not args.skip_speed:
-        print(f"\nLinear speed, {args.tokens} tokens, bf16 activations, {args.reps} reps (median):")
-        speed_table(device, args.tokens, args.reps)  # rows print as they are measured
+        dtype = torch.bfloat16 if args.act_dtype == "bf16" else torch.float32
+        print(f"\nLinear speed, {args.tokens} tokens, {args.act_dtype} activations, {args.reps} reps (median):")
+        speed_table(device, args.tokens, args.reps, dtype)  # rows print as they are measured
 
 
 if __name__ == "__main__":

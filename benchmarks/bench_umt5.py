@@ -121,7 +121,8 @@ def run_cpu(args) -> None:
     layers = UMT5_XXL.num_layers
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 matmul: "
           f"{not cpu_lacks_bf16()}")
-    variants = [("bf16 reference kernels", torch.bfloat16, False), ("bf16 matmul upcast", torch.bfloat16, True)]
+    variants = [("bf16 reference kernels", torch.bfloat16, False),
+                ("bf16 matmul upcast", torch.bfloat16, True)]
     if args.fp32_reference:
         variants.append(("fp32 (not the official dtype)", torch.float32, False))
     times = {}
@@ -153,7 +154,8 @@ def run_full(args, device: str) -> None:
         print(f"device: {torch.cuda.get_device_name()}")
     model = random_encoder(cfg, device)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    print(f"{cfg.num_layers}-layer umT5 (dim {cfg.dim}) on {device}, bf16: {weights / 2**30:.2f} GiB of weights")
+    print(f"{cfg.num_layers}-layer umT5 (dim {cfg.dim}) on {device}, bf16: "
+          f"{weights / 2**30:.2f} GiB of weights")
     compare(model, device, args.repeats, f"full encoder ({cfg.num_layers} layers, bf16, L=512)")
     if device == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB "

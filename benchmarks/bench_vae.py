@@ -6,7 +6,7 @@ difference; then ours tiled vs untiled (max abs diff, PSNR, peak memory).
 
 Real VAE widths (Wan2.1: 96, Wan2.2: 160/256). On CUDA the real 480P/720P sizes are used and memory
 is `torch.cuda.max_memory_allocated` above the pre-decode allocation. On CPU the spatial size is
-reduced (`--scale`, default 1/8, rounded down to the VAE stride) and memory is the peak-RSS
+reduced (`--scale`, default 1/16; tiling runs `--tile-scale`, default 1/8; rounded down to the VAE stride) and memory is the peak-RSS
 increase over the pre-decode RSS (Linux /proc/self/clear_refs + VmHWM; freed memory is returned
 with malloc_trim between runs, so later runs are not flattered by memory kept from earlier ones).
 
@@ -111,33 +111,47 @@ def psnr(a, b) -> float:
     return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)  # [-1, 1] video: peak-to-peak 2
 
 
-def bench_one(vae, ref, res, w, h, frames, device, repeats):
+def latent(vae, w, h, frames, device):
     s = vae.cfg.stride[1]
     torch.manual_seed(0)
-    z = torch.randn(1, vae.cfg.z_dim, frames, h // s, w // s, device=device)
+    return torch.randn(1, vae.cfg.z_dim, frames, h // s, w // s, device=device)
+
+
+def bench_compare(vae, ref, res, w, h, frames, device, repeats) -> None:
+    """diffusers (baseline) vs ours (candidate), untiled."""
+    z = latent(vae, w, h, frames, device)
     with torch.no_grad():
         t_ref, c_ref, m_ref, y_ref = timed(lambda: ref.decode(vae.denormalize(z)).sample, device, repeats)
         y_ref = y_ref.cpu()
         t_ours, c_ours, m_ours, y = timed(lambda: vae.decode(z), device, repeats)
         diff = ((y.cpu() - y_ref).abs().max() / y_ref.abs().max()).item()
-        del y_ref
-        hl, wl = h // s, w // s
-        spec = TileSpec(max(hl // 2 + 2, 5), max(wl // 2 + 2, 5), 2)  # about 2x2 tiles, overlap 2 latent
-        t_tile, _, m_tile, y_t = timed(lambda: vae.decode(z, tiling=spec), device, 1)
-        err, p = (y_t - y).abs().max().item(), psnr(y_t, y)
     ms = lambda t: f"{t / frames * 1e3:.0f}"  # noqa: E731 - per latent frame
     print(f"| Wan{vae.cfg.version} | {res} | {w}x{h} | {frames} | {ms(t_ref)} / {ms(c_ref)} | "
           f"{ms(t_ours)} / {ms(c_ours)} | {t_ref / t_ours:.2f} / {c_ref / c_ours:.2f} | {m_ref:.0f} | "
           f"{m_ours:.0f} | {diff:.1e} |")
-    return (f"| Wan{vae.cfg.version} | {res} | {w}x{h} | {spec.tile_latent_h}x{spec.tile_latent_w}/"
-            f"{spec.overlap_latent} | {m_ours:.0f} | {m_tile:.0f} | {t_tile / frames * 1e3:.0f} | "
-            f"{err:.2e} | {p:.1f} |")
+
+
+def bench_tiling(vae, res, w, h, frames, device) -> str:
+    """Ours untiled vs about 2x2 latent tiles with overlap 2."""
+    z = latent(vae, w, h, frames, device)
+    hl, wl = z.shape[3], z.shape[4]
+    spec = TileSpec(max(hl // 2 + 2, 5), max(wl // 2 + 2, 5), 2)
+    with torch.no_grad():
+        t_full, _, m_full, y = timed(lambda: vae.decode(z), device, 1)
+        t_tile, _, m_tile, y_t = timed(lambda: vae.decode(z, tiling=spec), device, 1)
+        err, p = (y_t - y).abs().max().item(), psnr(y_t, y)
+    ms = lambda t: f"{t / frames * 1e3:.0f}"  # noqa: E731 - per latent frame
+    return (f"| Wan{vae.cfg.version} | {res} | {w}x{h} | {frames} | {spec.tile_latent_h}x{spec.tile_latent_w}/"
+            f"{spec.overlap_latent} | {m_full:.0f} | {m_tile:.0f} | {m_tile / m_full:.2f} | {ms(t_full)} | "
+            f"{ms(t_tile)} | {err:.2e} | {p:.1f} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--scale", type=float, default=None, help="spatial scale (default 1 on CUDA, 1/8 on CPU)")
+    ap.add_argument("--scale", type=float, default=None, help="spatial scale (default 1 on CUDA, 1/16 on CPU)")
+    ap.add_argument("--tile-scale", type=float, default=None, help="spatial scale of the tiling runs "
+                    "(default 1 on CUDA, 1/8 on CPU)")
     ap.add_argument("--latent-frames", type=int, default=None, help="default 21 on CUDA, 2 on CPU")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs after warm-up (default 3 CUDA, 1 CPU)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
@@ -145,7 +159,8 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    scale = args.scale or (1.0 if cuda else 1 / 8)
+    scale = args.scale or (1.0 if cuda else 1 / 16)
+    tile_scale = args.tile_scale or (1.0 if cuda else 1 / 8)
     frames = args.latent_frames or (21 if cuda else 2)
     repeats = args.repeats or (3 if cuda else 1)
     if args.threads:
@@ -167,12 +182,16 @@ def main() -> None:
             vae.decode(torch.zeros(1, cfg.z_dim, 2, 2, 2, device=device))
             ref.decode(torch.zeros(1, cfg.z_dim, 2, 2, 2, device=device))
         for res, (w, h) in SIZES.items():
-            w, h = reduced(w, scale, s), reduced(h, scale, s)
-            tiles.append(bench_one(vae, ref, res, w, h, frames, device, repeats))
-        del vae, ref
-    print("\n| VAE | res | WxH | tile HxW/overlap (latent) | untiled peak MiB | tiled peak MiB | "
-          "tiled ms/latent frame | max abs diff | PSNR dB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+            bench_compare(vae, ref, res, reduced(w, scale, s), reduced(h, scale, s), frames, device, repeats)
+        del ref
+        for res, (w, h) in SIZES.items():
+            tiles.append(bench_tiling(vae, res, reduced(w, tile_scale, s), reduced(h, tile_scale, s),
+                                      frames, device))
+        del vae
+    print(f"\nOurs tiled vs untiled (scale {tile_scale:g}, wall time):\n")
+    print("| VAE | res | WxH | latent F | tile HxW/overlap (latent) | untiled peak MiB | tiled peak MiB | "
+          "tiled/untiled memory | untiled ms/latent frame | tiled ms/latent frame | max abs diff | PSNR dB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(tiles))
 
 

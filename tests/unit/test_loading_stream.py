@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,8 +118,7 @@ class QuantSource(TensorSource):
     """In-memory source whose b.weight is a non-torch quantised object."""
 
     def __init__(self, sd):
-        self.sd, self.metadata, self.paths = sd, {}, (tmp := __import__("pathlib").Path("mem.q"),)
-        del tmp
+        self.sd, self.metadata, self.paths = sd, {}, (Path("mem.q"),)
 
     def keys(self):
         return list(self.sd)

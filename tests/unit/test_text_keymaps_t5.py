@@ -14,7 +14,8 @@ def _tensors(manifests_dir, name):
 
 def test_transformers_manifest_maps_one_to_one_onto_official(manifests_dir):
     hf = _tensors(manifests_dir, "transformers-umt5-xxl-encoder.json")
-    official = {t["name"]: tuple(t["shape"]) for t in _tensors(manifests_dir, "official-umt5-xxl-encoder.json")}
+    official = {t["name"]: tuple(t["shape"])
+                for t in _tensors(manifests_dir, "official-umt5-xxl-encoder.json")}
     tied = {t["name"] for t in hf if t.get("tied_to")}
     assert tied == set(HF_TIED)  # the manifest's only alias is the one the table knows
     mapped = {}
@@ -31,9 +32,10 @@ def test_transformers_manifest_maps_one_to_one_onto_official(manifests_dir):
 
 
 def test_examples_from_the_spec():
-    assert hf_to_official("encoder.block.7.layer.1.DenseReluDense.wi_0.weight") == "blocks.7.ffn.gate.0.weight"
-    assert hf_to_official("encoder.block.7.layer.1.DenseReluDense.wi_1.weight") == "blocks.7.ffn.fc1.weight"
-    assert hf_to_official("encoder.block.7.layer.1.DenseReluDense.wo.weight") == "blocks.7.ffn.fc2.weight"
+    ffn = "encoder.block.7.layer.1.DenseReluDense"
+    assert hf_to_official(f"{ffn}.wi_0.weight") == "blocks.7.ffn.gate.0.weight"
+    assert hf_to_official(f"{ffn}.wi_1.weight") == "blocks.7.ffn.fc1.weight"
+    assert hf_to_official(f"{ffn}.wo.weight") == "blocks.7.ffn.fc2.weight"
     assert hf_to_official("encoder.embed_tokens.weight") == "token_embedding.weight"
     assert official_to_hf("token_embedding.weight") == "shared.weight"
     assert official_to_hf("blocks.12.pos_embedding.embedding.weight") == (

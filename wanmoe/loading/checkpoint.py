@@ -108,7 +108,8 @@ def _dit_from_config(det: Detection, folder: Path) -> DiTConfig:
     base.update(patch_size=tuple(d["patch_size"]), num_heads=d.get("num_heads"))
     base.update(vals)
     if not base.get("num_heads"):
-        raise CheckpointError(f"{cfg_path} gives no num_heads and it cannot be read from the shapes")
+        raise CheckpointError(f"{cfg_path} gives no num_heads and it cannot be read from the shapes; "
+                              "add num_heads (or num_attention_heads) to it")
     return DiTConfig(**base)
 
 

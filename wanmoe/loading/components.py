@@ -82,7 +82,7 @@ def load_vae(path, cfg: VAEConfig | None = None, device: torch.device | str = "c
     cfg = cfg or vae_config_from_detection(det)
     if cfg.version != det.dims["version"]:
         raise CheckpointError(f"{det.path} is a Wan{det.dims['version']} VAE but the config asks for "
-                              f"a Wan{cfg.version} VAE")
+                              f"a Wan{cfg.version} VAE; pass a matching VAEConfig or none (read from the file)")
     with empty_weights():
         model = build_vae(cfg)
     return _load(model, src, own, dtype, device, key_map_for(det, src.keys()))

@@ -42,6 +42,8 @@ def _checked_reader_cls(gguf):
     """A GGUFReader that validates tensor types and extents before mapping any tensor."""
 
     class _CheckedReader(gguf.GGUFReader):
+        """GGUFReader whose tensor table is checked (type supported, data inside the file)."""
+
         def __init__(self, path: str):
             self._path = path
             super().__init__(path, mode="r")

@@ -284,7 +284,8 @@ class PickleSource(TensorSource):
             if isinstance(sd, dict) and set(sd) == {wrapper} and isinstance(sd[wrapper], dict):
                 sd = sd[wrapper]
         if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise CheckpointError(f"{path} does not hold a state dict of tensors")
+            raise CheckpointError(f"{path} does not hold a state dict of tensors (expected a dict of "
+                                  f"name -> tensor, optionally under 'state_dict', 'model' or 'module')")
         self._sd: dict[str, torch.Tensor] = sd
 
     def keys(self) -> list[str]:

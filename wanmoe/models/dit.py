@@ -193,7 +193,8 @@ class WanDiT(nn.Module):
             raise InputError(f"latent shape {tuple(x.shape)} is not [B, {cfg.in_dim}, F, H, W]")
         bad = [s for s, p in zip(x.shape[2:], cfg.patch_size) if s % p]
         if bad:
-            raise InputError(f"latent grid {tuple(x.shape[2:])} is not divisible by patch {cfg.patch_size}")
+            raise InputError(f"latent grid {tuple(x.shape[2:])} is not divisible by patch {cfg.patch_size}; "
+                             f"F, H and W must each be a multiple of their patch size")
         if len(context) != x.shape[0]:
             raise InputError(f"got {len(context)} contexts for a batch of {x.shape[0]}; pass one per sample")
 

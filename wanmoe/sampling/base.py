@@ -17,12 +17,18 @@ class FlowSolver:
 
     name = "base"
 
-    def __init__(self, timesteps: torch.Tensor, sigmas: torch.Tensor, shift: float) -> None:
+    def __init__(self, steps: int, shift: float, num_train_timesteps: int = 1000) -> None:
+        timesteps, sigmas = self.grid(steps, shift, num_train_timesteps)  # validates steps / shift
         self.timesteps = timesteps  # [N] int64, CPU
         self.sigmas = sigmas  # [N+1] float32, CPU, last entry 0
         self.shift = shift
         self.step_index = 0
         self._lam: dict[int, torch.Tensor] = {}
+
+    @staticmethod
+    def grid(steps: int, shift: float, num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(timesteps int64 [N], sigmas float32 [N+1]) of this solver: a `sigmas.py` schedule."""
+        raise NotImplementedError
 
     @property
     def num_steps(self) -> int:
@@ -44,7 +50,8 @@ class FlowSolver:
             raise InputError(f"{self.name} solver was built for {self.num_steps} steps and step() "
                              f"was called a {i + 1}th time; make a new solver per generation")
         if v.shape != x.shape:
-            raise InputError(f"velocity shape {tuple(v.shape)} != sample shape {tuple(x.shape)}")
+            raise InputError(f"velocity shape {tuple(v.shape)} != sample shape {tuple(x.shape)}; "
+                             f"step(v, x) needs the model's velocity for exactly this sample")
         return i
 
     def x0_prediction(self, v: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:

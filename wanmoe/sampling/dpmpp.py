@@ -18,10 +18,10 @@ class FlowDPMPP(FlowSolver):
     """DPM-Solver++ multistep, order 2, midpoint, data prediction, on the grid from 1.0."""
 
     name = "dpm++"
+    grid = staticmethod(flow_schedule)
 
     def __init__(self, steps: int, shift: float, num_train_timesteps: int = 1000) -> None:
-        timesteps, sigmas = flow_schedule(steps, shift, num_train_timesteps)
-        super().__init__(timesteps, sigmas, shift)
+        super().__init__(steps, shift, num_train_timesteps)
         self._m: list[torch.Tensor] = []  # x0 predictions, newest last (at most 2 kept)
         self.orders: list[int] = []  # order used at each step (for inspection)
 

@@ -20,10 +20,7 @@ class FlowEuler(FlowSolver):
     """First-order flow Euler on the DPM++ grid (σ from 1.0)."""
 
     name = "euler"
-
-    def __init__(self, steps: int, shift: float, num_train_timesteps: int = 1000) -> None:
-        timesteps, sigmas = flow_schedule(steps, shift, num_train_timesteps)
-        super().__init__(timesteps, sigmas, shift)
+    grid = staticmethod(flow_schedule)
 
     def step(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """x_{i+1} from the velocity v_i evaluated at x_i."""

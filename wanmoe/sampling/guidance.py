@@ -48,7 +48,8 @@ class CFGDenoiser:
         xb = x.unsqueeze(0) if squeeze else x  # [B, C, F, H, W]
         b = xb.shape[0]
         if b != len(self.cond):
-            raise InputError(f"sample batch {b} != number of prompt contexts {len(self.cond)}")
+            raise InputError(f"sample batch {b} != number of prompt contexts {len(self.cond)}; "
+                             f"give one prompt context per sample")
         tb = _timestep_batch(t, b, xb.device)  # [B]
         model = self.expert(stage)
         g = stage.guidance

@@ -22,10 +22,10 @@ class FlowUniPC(FlowSolver):
     """UniPC (bh2) multistep solver on the flow-matching grid from σ_max = float32(0.999)."""
 
     name = "unipc"
+    grid = staticmethod(unipc_schedule)
 
     def __init__(self, steps: int, shift: float, num_train_timesteps: int = 1000) -> None:
-        timesteps, sigmas = unipc_schedule(steps, shift, num_train_timesteps)
-        super().__init__(timesteps, sigmas, shift)
+        super().__init__(steps, shift, num_train_timesteps)
         self._m: list[torch.Tensor] = []  # x0 predictions, newest last (at most 2 kept)
         self._last_x: torch.Tensor | None = None  # sample the previous predictor started from
         self._last_order = 0
@@ -66,7 +66,7 @@ class FlowUniPC(FlowSolver):
         if order == 2:
             rk = (self.lam(i - 1) - self.lam(i)) / h
             d1 = (self._m[-2] - m0) / rk
-            b_h = torch.expm1(hh)  # bh2
+            b_h = phi  # bh2: B(h) = expm1(hh), the same value as φ
             x_t = x_t - alpha_t * b_h * (0.5 * d1)  # order-2 UniP uses ρ = 0.5 directly
         return x_t
 
@@ -75,7 +75,7 @@ class FlowUniPC(FlowSolver):
         order = self._last_order
         alpha_t, ratio, h, hh, phi = self._h_terms(i, i - 1)
         m0 = self._m[-1]  # m_{i-1}
-        b_h = torch.expm1(hh)  # bh2
+        b_h = phi  # bh2: B(h) = expm1(hh), the same value as φ
         x_t = ratio * self._last_x - alpha_t * phi * m0
         if order == 1:
             rho_last = torch.tensor(0.5, dtype=torch.float32)

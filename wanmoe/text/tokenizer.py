@@ -142,7 +142,8 @@ def _convert_spiece(folder: Path):
     try:
         backend = T5TokenizerFast.from_pretrained(str(folder)).backend_tokenizer
     except (ValueError, OSError, ImportError) as exc:
-        raise CheckpointError(f"converting {folder / 'spiece.model'} with transformers failed: {exc}") from exc
+        raise CheckpointError(
+            f"converting {folder / 'spiece.model'} with transformers failed: {exc}") from exc
     warnings.warn(
         f"converted {folder / 'spiece.model'} to a fast tokenizer with transformers; to skip this "
         f"step next time save it as tokenizer.json: {how_to_save}", stacklevel=3)

@@ -26,10 +26,28 @@ def caption_corpus(n: int, seed: int = 0) -> list[str]:
 
 
 def train_caption_tokenizer(vocab_size: int, n: int = 5000, seed: int = 0):
-    """Unigram tokenizer (umT5 conventions) trained on the caption vocabulary."""
-    from wanmoe.text.train_tokenizer import train_unigram_tokenizer
+    """Tokenizer (umT5 conventions: <pad>=0, </s>=1, <unk>=2, Metaspace, `$A </s>`) on captions.
 
-    return train_unigram_tokenizer(caption_corpus(n, seed), vocab_size)
+    BPE rather than umT5's Unigram: the `tokenizers` Unigram trainer collapses to ~135 mostly
+    single-character pieces on this 79-word vocabulary ("red" -> r, e, d), while BPE learns
+    whole-word pieces and still falls back to characters for unseen words.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+
+    from wanmoe.text.train_tokenizer import SPECIAL_TOKENS
+
+    tok = Tokenizer(BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    tok.train_from_iterator(caption_corpus(n, seed), trainer=trainer)
+    eos = tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)])
+    return tok
 
 
 def build_text_model(cfg: T5Config, seed: int = 0):

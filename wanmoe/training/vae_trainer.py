@@ -24,8 +24,8 @@ from wanmoe.training.common import EMA, LossLog, load_state, lr_at, progress, sa
 class VAETrainConfig:
     """Hyper-parameters of a VAE run."""
 
-    steps: int = 300
-    batch: int = 4
+    steps: int = 600
+    batch: int = 6
     crop: int = 32
     frames: int = 5
     lr: float = 2e-3

@@ -28,15 +28,19 @@ def _cpu_fast(x: torch.Tensor, enabled: bool) -> bool:
 
 def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
            stride: tuple[int, int, int], fast_cpu: bool = True) -> torch.Tensor:
-    """Unpadded 3-D convolution; with `fast_cpu` on CPU in fp32 it calls oneDNN directly.
+    """Unpadded 3-D convolution; with `fast_cpu` on CPU in fp32 it may call oneDNN directly.
 
     PyTorch's CPU heuristic sends inputs with few channels (B*C*T*H <= 20480) to `slow_conv3d`,
     whose im2col buffer is 27x the input (285 MB peak for a 4-channel decoder at 256x256 where
     oneDNN needs a fraction) and which is several times slower; tiny test and demo VAEs hit it.
+    oneDNN is used when that buffer would outgrow the weight (more output voxels than output
+    channels): for wide convs on tiny frames oneDNN's per-call weight reorder costs more.
     Reference twin: `F.conv3d` (what upstream calls; fp32 round-off differences only).
     On GPU this is always `F.conv3d` (cuDNN), as upstream.
     """
-    if _cpu_fast(x, fast_cpu) and torch.backends.mkldnn.is_available() and weight.dtype == torch.float32:
+    voxels = x.shape[0] * x.shape[2] * x.shape[3] * x.shape[4] // (stride[0] * stride[1] * stride[2])
+    if (_cpu_fast(x, fast_cpu) and weight.dtype == torch.float32 and voxels > weight.shape[0]
+            and torch.backends.mkldnn.is_available()):
         return torch.mkldnn_convolution(x.contiguous(), weight.contiguous(), bias, (0, 0, 0), stride,
                                         (1, 1, 1), 1)
     return F.conv3d(x, weight, bias, stride)
