@@ -6,11 +6,12 @@ difference; then ours tiled vs untiled (max abs diff, PSNR, peak memory).
 
 Real VAE widths (Wan2.1: 96, Wan2.2: 160/256). On CUDA the real 480P/720P sizes are used and memory
 is `torch.cuda.max_memory_allocated` above the pre-decode allocation. On CPU the spatial size is
-reduced (`--scale`, default 1/16; tiling runs `--tile-scale`, default 1/8; rounded down to the VAE stride) and memory is the peak-RSS
-increase over the pre-decode RSS (Linux /proc/self/clear_refs + VmHWM; freed memory is returned
-with malloc_trim between runs, so later runs are not flattered by memory kept from earlier ones).
+reduced (`--scale`, default 1/16; tiling runs `--tile-scale`, default 1/8; rounded down to the
+VAE stride) and memory is the peak-RSS increase over the pre-decode RSS (Linux
+/proc/self/clear_refs + VmHWM; freed memory is returned with malloc_trim between runs, so later
+runs are not flattered by memory kept from earlier ones).
 
-    python benchmarks/bench_vae.py                    # CPU, reduced size, ~3 min on 2 cores
+    python benchmarks/bench_vae.py --threads 1        # CPU, reduced size, a few minutes
     python benchmarks/bench_vae.py --device cuda --latent-frames 21
 """
 

@@ -119,13 +119,11 @@ def _cmd_generate(args) -> int:
     result = pipe.generate(prompt, args.negative_prompt, settings=settings,
                            batched_cfg=args.batched_cfg, progress=not args.quiet)
     t0 = time.perf_counter()
-    from .video import save_png_strip, write_mp4
+    from .video import save_latents, save_png_strip, write_mp4
 
     write_mp4(out, result.frames, result.fps)
     if latents_path is not None:
-        from safetensors.torch import save_file
-
-        save_file({"latents": result.latents.contiguous()}, str(latents_path))
+        save_latents(latents_path, result.latents)
     if strip_path is not None:
         save_png_strip(result.frames, strip_path)
     timings = {"load": pipe.load_seconds, **{k: v for k, v in result.timings.items() if k != "total"},

@@ -268,13 +268,18 @@ def choose_offload(offload, preset: ModelPreset, device: torch.device, dtype: to
     return _dit_bytes(preset, dtype, weights) > OFFLOAD_FRACTION * total
 
 
-def _load_expert(spec, name: str, device: torch.device, dtype: torch.dtype, weights):
-    """One DiT expert; quantised files (GGUF) stay quantised, `weights` converts after loading."""
+def _load_expert(spec, name: str, device: torch.device, dtype: torch.dtype, weights,
+                 workspace=None):
+    """One DiT expert; quantised files (GGUF) stay quantised, `weights` converts after loading.
+
+    `workspace`: dequantisation buffers shared by the GGUF layers of all experts (they run one
+    layer at a time, so one buffer per weight shape suffices).
+    """
     from .loading.components import load_dit
     from .runtime.quant.apply import make_installer, quantize_model
 
     model = load_dit(spec.experts[name], spec.preset.dit, compute_dtype=dtype, device=device,
-                     install_quantized=make_installer(device=device))
+                     install_quantized=make_installer(workspace, device=device))
     if weights in ("bf16", "fp8", "int8"):
         model = quantize_model(model, weights)
     return model.set_compute_dtype(dtype).eval()
@@ -306,7 +311,11 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
     preset = spec.preset
     off = choose_offload(offload, preset, dev, dt, weights)
     dit_device = torch.device("cpu") if off else dev
-    experts = {e.name: _load_expert(spec, e.name, dit_device, dt, weights) for e in preset.experts}
+    from .runtime.quant.linear import DequantWorkspace
+
+    workspace = DequantWorkspace()
+    experts = {e.name: _load_expert(spec, e.name, dit_device, dt, weights, workspace)
+               for e in preset.experts}
     t5_dev = torch.device("cpu") if off else text_dev
     t5 = C.load_text_encoder(spec.text_encoder, dtype=dt, device=t5_dev)
     text = TextEncoder(load_tokenizer(spec.tokenizer, text_len=preset.t5.text_len), t5)

@@ -69,13 +69,15 @@ def check_size(width: int, height: int, preset: ModelPreset) -> None:
                              f"({preset.name}: VAE stride x patch size = {k})")
 
 
-def check_frames(frames: int) -> None:
-    """Pixel frame count must be 4n+1 (the VAE keeps frame 0 and compresses the rest by 4)."""
+def check_frames(frames: int, t_stride: int = 4) -> None:
+    """Pixel frame count must be k*n+1 (the VAE keeps frame 0 and compresses the rest by k=4)."""
+    k = t_stride
     if not isinstance(frames, int) or frames < 1:
-        raise InputError(f"frames {frames!r} must be an integer of the form 4n+1 >= 1 (1, 5, 9, ...)")
-    if (frames - 1) % 4:
-        lo = frames - (frames - 1) % 4
-        raise InputError(f"frames {frames} is not of the form 4n+1; use {lo} or {lo + 4}")
+        raise InputError(f"frames {frames!r} must be an integer of the form {k}n+1 >= 1 "
+                         f"(1, {k + 1}, {2 * k + 1}, ...)")
+    if (frames - 1) % k:
+        lo = frames - (frames - 1) % k
+        raise InputError(f"frames {frames} is not of the form {k}n+1; use {lo} or {lo + k}")
 
 
 def check_steps(steps: int) -> None:
@@ -197,7 +199,7 @@ def settings_for(preset: ModelPreset, *, size=None, frames=None, steps=None, shi
         width, height = (int(v) for v in size)
     check_size(width, height, preset)
     frames = preset.frames if frames is None else frames
-    check_frames(frames)
+    check_frames(frames, preset.vae.stride[0])
     steps = preset.steps if steps is None else steps
     check_steps(steps)
     shift = preset.shift if shift is None else float(shift)

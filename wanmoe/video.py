@@ -149,3 +149,13 @@ def save_gif(path, frames, fps: float) -> Path:
             for packet in stream.encode():
                 container.mux(packet)
     return path
+
+
+def save_latents(path, latents) -> Path:
+    """Final latents as safetensors (key `latents`, float32), written atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with _atomic_path(path, ".safetensors") as tmp:
+        save_file({"latents": latents.detach().float().cpu().contiguous()}, str(tmp))
+    return path

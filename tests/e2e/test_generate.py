@@ -123,3 +123,15 @@ def test_gguf_experts_with_official_components(a14b_dir, tmp_path):
     # Q8_0 rounds each weight to 8 bits per 32-block (~0.4% relative); measured 0.2% on latents
     rel = ((q8 - ref).norm() / ref.norm()).item()
     assert 0 < rel < 0.02, rel
+
+
+def test_no_checkpoint_uses_the_demo_folder(a14b_dir, tmp_path, monkeypatch):
+    # With no --ckpt-dir the built-in demo folder (wanmoe-native layout) is used; here a tiny
+    # wanmoe folder with the same tensors stands in for it, so the latents must be identical.
+    import wanmoe.pipeline as pipeline
+    from wanmoe.testing.tiny import convert_to_wanmoe_layout
+
+    monkeypatch.setattr(pipeline, "DEMO_DIR", convert_to_wanmoe_layout(a14b_dir, tmp_path / "demo"))
+    _, official = _generate(a14b_dir, tmp_path, "off", "--seed", "4", "--steps", "2")
+    _, demo = _generate(None, tmp_path, "demo", "--seed", "4", "--steps", "2")
+    assert torch.equal(official, demo)

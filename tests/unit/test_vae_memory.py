@@ -57,6 +57,7 @@ def _peak_mib(runs: list[tuple[int, bool]]) -> list[float]:
     return peaks
 
 
+@pytest.mark.slow  # four fresh Python processes (about 15 s on an idle 2-core box)
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
 def test_decode_memory_is_flat_in_frames():
     short, long, full_short, full_long = _peak_mib([(5, True), (21, True), (5, False), (13, False)])

@@ -20,7 +20,7 @@ DEMO_VAE_STD: tuple[float, ...] = (1.0,) * Z_DIM
 
 DEMO_T5 = T5Config(vocab_size=192, dim=TEXT_DIM, dim_attn=TEXT_DIM, dim_ffn=128, num_heads=4,
                    num_layers=2, num_buckets=32, max_distance=128, text_len=TEXT_LEN)
-DEMO_DIT = DiTConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, in_dim=Z_DIM, out_dim=Z_DIM,
+DEMO_DIT = DiTConfig(dim=96, ffn_dim=256, num_heads=3, num_layers=4, in_dim=Z_DIM, out_dim=Z_DIM,
                      freq_dim=128, text_dim=TEXT_DIM, text_len=TEXT_LEN)
 
 

@@ -29,10 +29,14 @@ class CheckpointSpec:
     text_encoder: Path
     tokenizer: Path
     vae: Path
-    formats: dict[str, str] = field(default_factory=dict)  # role -> detected format
     detections: dict[str, Detection] = field(default_factory=dict)  # role -> Detection
     layout: str = "files"
     root: Path | None = None
+
+    @property
+    def formats(self) -> dict[str, str]:
+        """role -> detected format (from `detections`)."""
+        return {role: det.format for role, det in self.detections.items()}
 
 
 def _one(folder: Path, pattern: str, default: str) -> Path:
@@ -156,8 +160,7 @@ def resolve_checkpoint(path=None, *, high=None, low=None, vae=None, text_encoder
     experts = {e.name: experts[e.name] for e in preset.experts if e.name in experts}
     _check_compat(preset, experts, paths, dets)
     return CheckpointSpec(preset=preset, experts=experts, text_encoder=paths["text_encoder"],
-                          tokenizer=paths["tokenizer"], vae=paths["vae"],
-                          formats={r: d.format for r, d in dets.items()}, detections=dets,
+                          tokenizer=paths["tokenizer"], vae=paths["vae"], detections=dets,
                           layout=layout, root=root)
 
 

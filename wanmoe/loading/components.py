@@ -6,7 +6,8 @@ on meta and streams the tensors into their target dtype and device (`stream.stre
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -19,24 +20,19 @@ from wanmoe.loading.sources import TensorSource, open_tensors
 from wanmoe.loading.stream import InstallQuantized, KeyMap, empty_weights, stream_load
 
 
-def _open(source_or_path) -> tuple[TensorSource, bool]:
+@contextlib.contextmanager
+def _opened(source_or_path) -> Iterator[TensorSource]:
+    """An already opened source as is, or a path opened here and closed on exit (also on errors)."""
     if isinstance(source_or_path, TensorSource):
-        return source_or_path, False
-    return open_tensors(source_or_path), True
+        yield source_or_path
+        return
+    with open_tensors(source_or_path) as src:
+        yield src
 
 
 def _expect(det: Detection, component: str, what: str) -> None:
     if det.component != component:
         raise CheckpointError(f"{det.path} is {det.model} ({det.component}, {det.format}), not {what}")
-
-
-def _load(model: nn.Module, src: TensorSource, own: bool, dtype, device, key_map, **kw) -> nn.Module:
-    try:
-        stream_load(model, src, dtype=dtype, device=device, key_map=key_map, **kw)
-    finally:
-        if own:
-            src.close()
-    return model.eval()
 
 
 def load_dit(source_or_path, cfg: DiTConfig, compute_dtype: torch.dtype = torch.float32,
@@ -45,15 +41,17 @@ def load_dit(source_or_path, cfg: DiTConfig, compute_dtype: torch.dtype = torch.
     """WanDiT from official / prefixed / diffusers / fp8 / GGUF weights, stored per `storage_dtype`."""
     from wanmoe.models.dit import WanDiT
 
-    src, own = _open(source_or_path)
-    if key_map is None:
-        det = detect_source(src)
-        _expect(det, "dit", "a Wan DiT")
-        key_map = key_map_for(det, src.keys())
-    with empty_weights():
-        model = WanDiT(cfg)
-    model.set_compute_dtype(compute_dtype)  # validates the dtype before any weight is read
-    return _load(model, src, own, compute_dtype, device, key_map, install_quantized=install_quantized)
+    with _opened(source_or_path) as src:
+        if key_map is None:
+            det = detect_source(src)
+            _expect(det, "dit", "a Wan DiT")
+            key_map = key_map_for(det, src.keys())
+        with empty_weights():
+            model = WanDiT(cfg)
+        model.set_compute_dtype(compute_dtype)  # validates the dtype before any weight is read
+        stream_load(model, src, dtype=compute_dtype, device=device, key_map=key_map,
+                    install_quantized=install_quantized)
+    return model.eval()
 
 
 def load_text_encoder(path, dtype: torch.dtype = torch.bfloat16,
@@ -61,13 +59,13 @@ def load_text_encoder(path, dtype: torch.dtype = torch.bfloat16,
     """UMT5Encoder from the official .pth or a HF safetensors folder/file; bf16 read as bf16."""
     from wanmoe.text.umt5 import UMT5Encoder
 
-    src, own = _open(path)
-    det = detect_source(src)
-    _expect(det, "text_encoder", "a umT5 text encoder")
-    cfg = det.t5_config()
-    with empty_weights():
-        model = UMT5Encoder(cfg)
-    return _load(model, src, own, dtype, device, key_map_for(det, src.keys()))
+    with _opened(path) as src:
+        det = detect_source(src)
+        _expect(det, "text_encoder", "a umT5 text encoder")
+        with empty_weights():
+            model = UMT5Encoder(det.t5_config())
+        stream_load(model, src, dtype=dtype, device=device, key_map=key_map_for(det, src.keys()))
+    return model.eval()
 
 
 def load_vae(path, cfg: VAEConfig | None = None, device: torch.device | str = "cpu",
@@ -76,13 +74,14 @@ def load_vae(path, cfg: VAEConfig | None = None, device: torch.device | str = "c
     from wanmoe.loading.checkpoint import vae_config_from_detection
     from wanmoe.vae import build_vae
 
-    src, own = _open(Path(path) if not isinstance(path, TensorSource) else path)
-    det = detect_source(src)
-    _expect(det, "vae", "a Wan VAE")
-    cfg = cfg or vae_config_from_detection(det)
-    if cfg.version != det.dims["version"]:
-        raise CheckpointError(f"{det.path} is a Wan{det.dims['version']} VAE but the config asks for "
-                              f"a Wan{cfg.version} VAE; pass a matching VAEConfig or none (read from the file)")
-    with empty_weights():
-        model = build_vae(cfg)
-    return _load(model, src, own, dtype, device, key_map_for(det, src.keys()))
+    with _opened(path) as src:
+        det = detect_source(src)
+        _expect(det, "vae", "a Wan VAE")
+        cfg = cfg or vae_config_from_detection(det)
+        if cfg.version != det.dims["version"]:
+            raise CheckpointError(f"{det.path} is a Wan{det.dims['version']} VAE but the config asks for "
+                                  f"a Wan{cfg.version} VAE; pass a matching VAEConfig or none (read from the file)")
+        with empty_weights():
+            model = build_vae(cfg)
+        stream_load(model, src, dtype=dtype, device=device, key_map=key_map_for(det, src.keys()))
+    return model.eval()

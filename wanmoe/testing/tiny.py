@@ -280,3 +280,25 @@ def convert_to_diffusers_layout(src_dir, dst_dir) -> Path:
              "transformer_2": d if a14b else [None, None], "vae": ["diffusers", "AutoencoderKLWan"]}
     (dst / "model_index.json").write_text(json.dumps(index, indent=2))
     return dst
+
+
+def convert_to_wanmoe_layout(src_dir, dst_dir) -> Path:
+    """Official tiny folder -> a wanmoe-native folder (`wanmoe.json`, the demo model's layout)."""
+    from safetensors.torch import save_file
+
+    from wanmoe.configs import preset_to_dict
+    from wanmoe.loading.checkpoint import resolve_checkpoint
+
+    spec = resolve_checkpoint(src_dir)
+    dst = Path(dst_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    files = {}
+    parts = {**spec.experts, "text_encoder": spec.text_encoder, "vae": spec.vae}
+    for role, path in parts.items():
+        files[role] = f"{role}.safetensors"
+        save_file(_read_all(path), str(dst / files[role]))
+    shutil.copy(Path(spec.tokenizer) / "tokenizer.json", dst / "tokenizer.json")
+    files["tokenizer"] = "tokenizer.json"
+    meta = {"format": "wanmoe", "version": 1, "preset": preset_to_dict(spec.preset), "files": files}
+    (dst / "wanmoe.json").write_text(json.dumps(meta, indent=2))
+    return dst

@@ -28,8 +28,8 @@ VAL_SIGMAS = (0.05, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
 class DiTTrainConfig:
     """Hyper-parameters of a DiT run (steps = total optimiser steps over all experts)."""
 
-    steps: int = 4000
-    batch: int = 32
+    steps: int = 1600
+    batch: int = 16
     lr: float = 4e-4
     text_lr: float = 2e-4
     ema: float = 0.998
@@ -139,10 +139,12 @@ class DiTRun:
 
     def train(self) -> None:
         st = load_state(self.state_path)
+        rng = random.Random(self.tc.seed * 7)
+        gen = torch.Generator().manual_seed(self.tc.seed * 7)
         if st is not None:
             self.load(st)
-        rng = random.Random(self.tc.seed * 7 + self.step)
-        gen = torch.Generator().manual_seed(self.tc.seed * 7 + self.step)
+            rng.setstate(st["rng"])
+            gen.set_state(st["gen"])
         log = LossLog(self.out_dir / f"dit_{self.mode}_loss.jsonl")
         bar = progress(self.tc.steps, self.step, f"dit-{self.mode}")
         while self.step < self.tc.steps:
@@ -152,7 +154,8 @@ class DiTRun:
             if self.step % self.tc.log_every == 0:
                 log.write(self.step, expert=name, loss=loss, grad_norm=gn)
             if self.step % self.tc.save_every == 0 or self.step == self.tc.steps:
-                save_state(self.state_path, self.state())
+                save_state(self.state_path, self.state() | {"rng": rng.getstate(),
+                                                            "gen": gen.get_state()})
         bar.close()
 
 

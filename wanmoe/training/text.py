@@ -39,7 +39,13 @@ def train_caption_tokenizer(vocab_size: int, n: int = 5000, seed: int = 0):
     from wanmoe.text.train_tokenizer import SPECIAL_TOKENS
 
     tok = Tokenizer(BPE(unk_token="<unk>"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    # Only ASCII letters, digits and spaces are kept, case folded: the demo knows English captions
+    # only, and the official Chinese negative prompt shrinks to "jpeg" + EOS (a short unconditional
+    # input that fits the 32-token context).
+    tok.normalizer = normalizers.Sequence([
+        normalizers.Replace(Regex(r"[^\x00-\x7F]+"), ""), normalizers.NFKC(), normalizers.Lowercase(),
+        normalizers.Replace(Regex(r"[^a-z0-9 ]+"), " "),
+        normalizers.Replace(Regex(" {2,}"), " "), normalizers.Strip()])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     trainer = BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)

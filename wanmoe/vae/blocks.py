@@ -31,8 +31,8 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """Unpadded 3-D convolution; with `fast_cpu` on CPU in fp32 it may call oneDNN directly.
 
     PyTorch's CPU heuristic sends inputs with few channels (B*C*T*H <= 20480) to `slow_conv3d`,
-    whose im2col buffer is 27x the input (285 MB peak for a 4-channel decoder at 256x256 where
-    oneDNN needs a fraction) and which is several times slower; tiny test and demo VAEs hit it.
+    whose im2col buffer is 27x the input (decode peak 285 MB instead of 100 MB for a 4-channel
+    decoder at 256x256) and which is ~2x slower there; tiny test and demo VAEs hit it.
     oneDNN is used when that buffer would outgrow the weight (more output voxels than output
     channels): for wide convs on tiny frames oneDNN's per-call weight reorder costs more.
     Reference twin: `F.conv3d` (what upstream calls; fp32 round-off differences only).

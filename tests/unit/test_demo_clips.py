@@ -1,0 +1,69 @@
+"""Procedural demo clips: determinism, the held-out split, captions and rendering."""
+
+import numpy as np
+
+from wanmoe.demo import clips as C
+
+
+def test_scenes_and_frames_are_deterministic_by_seed():
+    a, b = C.sample_scene(123), C.sample_scene(123)
+    assert a == b
+    assert np.array_equal(C.render(a), C.render(b))
+    assert C.sample_scene(124) != a
+
+
+def test_training_scenes_never_contain_a_held_out_combination():
+    scenes = C.training_scenes(600)
+    seen = {(o.colour, o.shape, o.motion) for s in scenes for o in s.objects}
+    assert not any(C.is_held_out(*t) for t in seen)
+    # every single attribute value is still trained on (only combinations are held out)
+    assert {t[0] for t in seen} == set(C.COLOURS)
+    assert {t[1] for t in seen} == set(C.SHAPES)
+    assert {t[2] for t in seen} == set(C.MOTIONS)
+    assert any(len(s.objects) == 2 for s in scenes) and any(len(s.objects) == 1 for s in scenes)
+
+
+def test_held_out_scenes_use_only_held_out_triples():
+    triples = C.held_out_triples()
+    assert len(triples) >= 50  # enough distinct combinations for the 50-prompt evaluation
+    for s in C.held_out_scenes(len(triples)) + C.held_out_scenes(20, num_objects=2):
+        o = s.objects[0]
+        assert C.is_held_out(o.colour, o.shape, o.motion)
+
+
+def test_issue_requirements_on_vocabulary():
+    assert len(C.COLOURS) >= 8 and len(C.SHAPES) >= 3 and len(C.BACKGROUNDS) >= 3
+    for m in ("left", "right", "up", "down", "up-left", "down-right", "bounce", "grow", "shrink", "still"):
+        assert m in C.MOTIONS
+
+
+def test_captions_name_colour_shape_and_vary():
+    caps = set()
+    for i in range(200):
+        s = C.sample_scene(i)
+        caps.add(s.caption)
+        for o in s.objects:
+            assert o.colour in s.caption
+            assert any(w in s.caption for w in C.SHAPES[o.shape])
+    # several templates: some captions lead with the background, some omit it
+    assert any(c.startswith("on a") for c in caps) and any("background" not in c and "backdrop"
+                                                           not in c for c in caps)
+
+
+def test_render_shape_dtype_and_colours():
+    s = C.sample_scene(5, num_objects=1)
+    v = C.render(s, frames=17, size=(128, 128))
+    assert v.shape == (17, 128, 128, 3) and v.dtype == np.uint8
+    bg = np.array(C.BACKGROUNDS[s.background][0])
+    assert np.array_equal(v[0, 0, 0], bg)
+    want = np.array(C.COLOURS[s.objects[0].colour])
+    assert (np.abs(v[8].reshape(-1, 3).astype(int) - want).sum(1) == 0).sum() > 50
+    x = C.to_tensor(v)
+    assert x.shape == (3, 17, 128, 128) and float(x.min()) >= -1 and float(x.max()) <= 1
+
+
+def test_translation_moves_by_the_travel_fraction():
+    o = C.SceneObject("square", "red", "medium", "right", (0.2, 0.5))
+    v = C.render(C.Scene((o,), "black", "x"))
+    xs = [np.argwhere(f[..., 0] > 100)[:, 1].mean() for f in (v[0], v[-1])]
+    assert abs((xs[1] - xs[0]) - C.TRAVEL * 128) < 1.0

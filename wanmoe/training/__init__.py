@@ -1,0 +1,1 @@
+"""Training of the built-in demo model (VAE, text encoder, DiT experts)."""
