@@ -76,17 +76,19 @@ def test_heads_from_config_json_else_flagged(files):
 @pytest.mark.parametrize("dt", ["float32", "float16", "bfloat16"])
 def test_dtype_histogram_matches_file(files, dt):
     det = D.detect(files[f"official-torch.{dt}"])
-    n = sum(t.numel() for t in dit_state().values())
-    assert det.dtypes == {dt: {"count": len(dit_state()), "bytes": n * getattr(torch, dt).itemsize}}
+    sd = dit_state()
+    n = sum(t.numel() for t in sd.values())
+    assert det.dtypes == {dt: {"count": len(sd), "bytes": n * getattr(torch, dt).itemsize}}
 
 
 def test_quant_histograms(files):
-    n_lin = sum(1 for k in dit_state() if LINEAR.match(k))
+    linears = {k: t for k, t in dit_state().items() if LINEAR.match(k)}
+    n_lin = len(linears)
     assert D.detect(files["fp8_scaled"]).dtypes["float8_e4m3fn"]["count"] == n_lin + 1  # + scaled_fp8 marker
     assert D.detect(files["comfy_quant"]).dtypes["uint8"]["count"] == n_lin  # the comfy_quant JSON tensors
     g = D.detect(files["gguf"])
     assert g.dtypes["Q8_0"]["count"] == n_lin
-    q8 = sum(t.numel() for k, t in dit_state().items() if LINEAR.match(k))
+    q8 = sum(t.numel() for t in linears.values())
     assert g.dtypes["Q8_0"]["bytes"] == q8 // 32 * 34  # Q8_0 block: fp16 scale + 32 int8
 
 

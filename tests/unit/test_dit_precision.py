@@ -117,6 +117,21 @@ def test_bf16_cuda_matches_cpu_semantics():
 # fp32 already, so "ops in fp32" is the same thing. The flash-attn call is replaced by the
 # plain-softmax `attention_reference` on bf16-rounded q/k/v (the kernel, not what is tested).
 
+def _ref_rope(h, grid, split):
+    """h [B, L, N, hd] rotated as interleaved pairs by a complex128 per-axis table (spec §2.4)."""
+    hd = h.shape[-1]
+    tabs = []
+    for n, dim in zip(grid, split):
+        inv = 1.0 / torch.pow(10000, torch.arange(0, dim, 2).to(torch.float64) / dim)
+        tabs.append(torch.polar(torch.ones(n, dim // 2, dtype=torch.float64),
+                                torch.outer(torch.arange(n).to(torch.float64), inv)))
+    f, hh, ww = grid
+    tab = torch.cat([tabs[0][:, None, None].expand(f, hh, ww, -1), tabs[1][None, :, None].expand(f, hh, ww, -1),
+                     tabs[2][None, None].expand(f, hh, ww, -1)], -1).reshape(1, -1, 1, hd // 2)
+    hc = torch.view_as_complex(h.to(torch.float64).reshape(*h.shape[:3], hd // 2, 2))
+    return torch.view_as_real(hc * tab).flatten(3).float()
+
+
 def _official_style_bf16(w, cfg, x, t, context):
     from torch.nn import functional as F
 
@@ -129,19 +144,6 @@ def _official_style_bf16(w, cfg, x, t, context):
     def rms(h, name):
         hf = h.float()
         return (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).type_as(h) * w[name]
-
-    def rope(h, grid):  # h [B, L, N, hd]; interleaved pairs x complex128 table
-        hd = h.shape[-1]
-        tabs = []
-        for n, dim in zip(grid, cfg.rope_split):
-            inv = 1.0 / torch.pow(10000, torch.arange(0, dim, 2).to(torch.float64) / dim)
-            tabs.append(torch.polar(torch.ones(n, dim // 2, dtype=torch.float64),
-                                    torch.outer(torch.arange(n).to(torch.float64), inv)))
-        f, hh, ww = grid
-        tab = torch.cat([tabs[0][:, None, None].expand(f, hh, ww, -1), tabs[1][None, :, None].expand(f, hh, ww, -1),
-                         tabs[2][None, None].expand(f, hh, ww, -1)], -1).reshape(1, -1, 1, hd // 2)
-        hc = torch.view_as_complex(h.to(torch.float64).reshape(*h.shape[:3], hd // 2, 2))
-        return torch.view_as_real(hc * tab).flatten(3).float()
 
     def attn(q, k, v):
         with fp32_region:
@@ -169,7 +171,8 @@ def _official_style_bf16(w, cfg, x, t, context):
             q = rms(lin(h, p + "self_attn.q"), p + "self_attn.norm_q.weight").view(b, L, nh, -1)
             k = rms(lin(h, p + "self_attn.k"), p + "self_attn.norm_k.weight").view(b, L, nh, -1)
             v = lin(h, p + "self_attn.v").view(b, L, nh, -1)
-            y = lin(attn(rope(q, grid), rope(k, grid), v).flatten(2), p + "self_attn.o")
+            q, k = _ref_rope(q, grid, cfg.rope_split), _ref_rope(k, grid, cfg.rope_split)
+            y = lin(attn(q, k, v).flatten(2), p + "self_attn.o")
             xs = xs + y * m[2]
             h = F.layer_norm(xs.float(), (d,), w[p + "norm3.weight"], w[p + "norm3.bias"], eps).type_as(xs)
             q = rms(lin(h, p + "cross_attn.q"), p + "cross_attn.norm_q.weight").view(b, L, nh, -1)

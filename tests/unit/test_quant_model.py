@@ -153,13 +153,29 @@ def test_install_quantized_details():
         install_quantized(model, "blocks.9.ffn.0.weight", q)
 
 
-def test_quantize_model_refusals():
+def test_quantize_model_modes_and_refusal():
     with pytest.raises(InputError, match="fp4"):
         quantize_model(source_model(), "fp4")
     model = quantize_model(source_model(), "int8")
-    with pytest.raises(InputError, match="already quantised"):
-        quantize_model(model, "fp8")
     assert quantize_model(model, "keep") is model
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp8"])
+def test_quantize_model_converts_kept_gguf_layers(mode):
+    """--weights bf16/fp8 on a GGUF expert loaded with install_quantized: per-layer conversion."""
+    model = source_model(torch.bfloat16)
+    for name, lin in list(block_linears(model)):
+        install_quantized(model, name + ".weight", quantize_gguf(lin.weight, "Q8_0"))
+    kept_out = run(model)
+    deq = {n: m.dequantized(torch.float32) for n, m in block_linears(model)}
+    quantize_model(model, mode)
+    for name, m in block_linears(model):
+        if mode == "bf16":
+            assert m.weight.dtype == torch.bfloat16 and torch.equal(m.weight, deq[name].bfloat16())
+        else:
+            assert isinstance(m, FP8Linear)
+    if mode == "bf16":  # bf16 compute: bf16-stored dequantised weights give identical outputs
+        assert torch.equal(run(model), kept_out)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -192,3 +208,17 @@ def test_keep_source_reads_comfy_legacy_fp8(tmp_path):
     # ComfyUI's rule: w = weight.float() * scale_weight
     assert torch.equal(src.get("blocks.0.ffn.0.weight", torch.float32), q.float() * torch.tensor(0.01))
 
+
+
+def test_keep_source_refuses_what_it_cannot_keep(tmp_path):
+    from wanmoe.loading.sources import open_tensors
+    from wanmoe.runtime.quant.apply import KeepScaledFP8Source
+
+    e5 = torch.randn(8, 16).to(torch.float8_e5m2)
+    save_file({"a.weight": e5, "a.scale_weight": torch.tensor(2.0)}, str(tmp_path / "e5.safetensors"))
+    with pytest.raises(CheckpointError, match=r"'a\.weight'.*float8_e5m2"):
+        KeepScaledFP8Source(open_tensors(tmp_path / "e5.safetensors"))
+    save_file({"a.weight": torch.zeros(8, 16, dtype=torch.uint8), "a.weight_scale": torch.ones(1),
+               "a.weight_scale_2": torch.ones(1)}, str(tmp_path / "nvfp4.safetensors"))
+    with pytest.raises(CheckpointError, match="cannot be kept quantised"):
+        KeepScaledFP8Source(open_tensors(tmp_path / "nvfp4.safetensors"))

@@ -135,3 +135,16 @@ def test_gradients_flow_through_encode_and_decode(chunked):
     for part in (vae.encoder.conv1, vae.conv1, vae.conv2, vae.decoder.head[2]):
         assert part.weight.grad is not None and torch.isfinite(part.weight.grad).all()
         assert part.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.2"])
+def test_batch_equals_per_sample(version):
+    vae = tiny(version)
+    s = vae.cfg.stride[1]
+    x = torch.rand(2, 3, 5, s, s) * 2 - 1
+    with torch.no_grad():
+        z = vae.encode(x)
+        y = vae.decode(z)
+        for i in range(2):
+            assert rel(vae.encode(x[i:i + 1]), z[i:i + 1]) < 1e-5  # batched convs: fp32 round-off
+            assert rel(vae.decode(z[i:i + 1]), y[i:i + 1]) < 1e-5

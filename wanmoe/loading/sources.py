@@ -130,6 +130,9 @@ class SafetensorsFile(TensorSource):
     def keys(self) -> list[str]:
         return list(self._header)
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._header
+
     def _info(self, name: str) -> dict:
         try:
             return self._header[name]
@@ -233,7 +236,7 @@ class ShardedSafetensors(TensorSource):
         self._where: dict[str, SafetensorsFile] = {}
         for name, shard in weight_map.items():
             f = self._shards[shard]
-            if name not in f._header:
+            if name not in f:
                 raise CheckpointError(f"{index_path} lists tensor {name!r} in {f.path}, which lacks it")
             self._where[name] = f
         self.paths = (index_path, *(f.path for f in self._shards.values()))
@@ -243,6 +246,9 @@ class ShardedSafetensors(TensorSource):
 
     def keys(self) -> list[str]:
         return list(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
 
     def _f(self, name: str) -> SafetensorsFile:
         try:
@@ -290,6 +296,9 @@ class PickleSource(TensorSource):
 
     def keys(self) -> list[str]:
         return list(self._sd)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._sd
 
     def _t(self, name: str) -> torch.Tensor:
         try:

@@ -52,6 +52,7 @@ def save_state(path: Path, state: dict) -> None:
 
 def load_state(path: Path) -> dict | None:
     """The saved training state, or None when there is none yet."""
+    path = Path(path)
     if not path.exists():
         return None
     try:

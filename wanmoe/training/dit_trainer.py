@@ -35,6 +35,7 @@ class DiTTrainConfig:
     ema: float = 0.998
     drop_text: float = 0.1  # classifier-free guidance: caption replaced by "" or the negative prompt
     clip_grad: float = 1.0
+    warmup: int = 100
     seed: int = 0
     log_every: int = 25
     save_every: int = 250
@@ -123,7 +124,7 @@ class DiTRun:
         noise = torch.randn(x0.shape, generator=gen)
         for o, base in ((opt, tc.lr), (self.text_opt, tc.text_lr)):
             for g in o.param_groups:
-                g["lr"] = lr_at(self.step, base, 100, tc.steps)
+                g["lr"] = lr_at(self.step, base, tc.warmup, tc.steps)
         loss = flow_loss(model, x0, sigma, noise, encode_batch(self.text, self.tok, caps))
         opt.zero_grad(set_to_none=True)
         self.text_opt.zero_grad(set_to_none=True)

@@ -56,6 +56,32 @@ def sample_crops(rng: random.Random, n: int, crop: int, frames: int) -> torch.Te
     return torch.stack(out)
 
 
+@torch.no_grad()
+def skip_init(vae) -> None:
+    """Zero the last conv of every residual branch, attention projection and resample conv.
+
+    The untrained VAE then is conv1 -> parameter-free AvgDown/DupUp shortcuts -> head: a
+    shallow autoencoder that reconstructs flat colours after a few dozen steps, and the
+    residual branches learn the detail on top (same architecture, only the init differs).
+    """
+    from wanmoe.vae.blocks import AttentionBlock, Resample, ResidualBlock
+
+    def zero(m) -> None:
+        m.weight.zero_()
+        if m.bias is not None:
+            m.bias.zero_()
+
+    for m in vae.modules():
+        if isinstance(m, ResidualBlock):
+            zero(m.residual[-1])
+        elif isinstance(m, AttentionBlock):
+            zero(m.proj)
+        elif isinstance(m, Resample):
+            zero(m.resample[-1])
+            if hasattr(m, "time_conv"):
+                m.time_conv.bias.zero_()
+
+
 def vae_loss(vae, x: torch.Tensor, tc: VAETrainConfig) -> tuple[torch.Tensor, dict]:
     """Reconstruction loss of a batch through the full-sequence (unchunked) path."""
     mu, _ = vae.encode_moments(x, chunked=False)  # raw mean [B, z, F, h, w]
@@ -74,6 +100,7 @@ def train_vae(cfg: VAEConfig, out_dir: Path, tc: VAETrainConfig) -> Path:
 
     torch.manual_seed(tc.seed)
     vae = build_vae(cfg)
+    skip_init(vae)
     use_reference_kernels(vae, True)  # F.conv3d: its backward is faster than oneDNN's here
     opt = torch.optim.AdamW(vae.parameters(), lr=tc.lr, weight_decay=0.0, betas=(0.9, 0.99))
     ema = EMA(vae, decay=0.99)

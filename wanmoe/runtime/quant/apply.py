@@ -49,27 +49,46 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, new)
 
 
+def _dense_linear(weight: torch.Tensor, bias) -> nn.Module:
+    """The DiT's own dtype-following linear (`CastLinear`) holding `weight` and `bias`."""
+    from wanmoe.models.layers import CastLinear
+
+    lin = CastLinear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    lin.weight = nn.Parameter(weight, requires_grad=False)
+    lin.bias = bias
+    return lin
+
+
 def quantize_model(model: nn.Module, mode: str, use_scaled_mm: bool = False) -> nn.Module:
     """Convert the block linears of a loaded DiT in place; returns the model.
 
-    bf16: weights stored in bf16 (nn.Linear kept); fp8: `FP8Linear` (per-channel scales);
-    int8: `Int8Linear`; keep: leave everything as loaded (e.g. GGUF weights installed by
-    `install_quantized` stay quantised).
+    bf16: weights stored in bf16; fp8: `FP8Linear` (per-channel scales); int8: `Int8Linear`;
+    keep: leave everything as loaded. Layers that are already quantised (e.g. GGUF weights kept
+    by `install_quantized`) are dequantised one layer at a time and converted.
     """
+    from wanmoe.runtime.quant.linear import _QuantLinear
+    from wanmoe.runtime.quant.quantize import quantize_fp8, quantize_int8
+
     if mode not in MODES:
         raise InputError(f"weights mode {mode!r} is not one of {', '.join(MODES)}")
     if mode == "keep":
         return model
     for name, module in list(block_linears(model)):
-        if not isinstance(module, nn.Linear):
-            raise InputError(f"{name} is a {type(module).__name__} (already quantised); "
-                             f"--weights {mode} needs dense weights, use --weights keep")
-        if mode == "bf16":
-            module.weight.data = module.weight.data.to(torch.bfloat16)
-        elif mode == "fp8":
-            _set_module(model, name, FP8Linear.from_linear(module, use_scaled_mm))
+        if isinstance(module, _QuantLinear):
+            weight = module.dequantized(torch.float32)  # one layer at a time
+        elif isinstance(module, nn.Linear):
+            weight = module.weight.data
         else:
-            _set_module(model, name, Int8Linear.from_linear(module))
+            raise InputError(f"{name} is a {type(module).__name__}, which --weights {mode} cannot convert")
+        if mode == "bf16":
+            if isinstance(module, nn.Linear):
+                module.weight.data = weight.to(torch.bfloat16)
+            else:
+                _set_module(model, name, _dense_linear(weight.to(torch.bfloat16), module.bias))
+        elif mode == "fp8":
+            _set_module(model, name, FP8Linear(*quantize_fp8(weight), module.bias, use_scaled_mm))
+        else:
+            _set_module(model, name, Int8Linear(*quantize_int8(weight), module.bias))
     return model
 
 
@@ -168,13 +187,26 @@ class KeepScaledFP8Source(TensorSource):
 
         self.inner, self.paths, self.metadata = inner, inner.paths, inner.metadata
         core, aux, _ = split_aux(inner.keys())
+        ours = inner.metadata.get("wanmoe.quant") == "fp8_e4m3fn/per-channel"
+        allowed = (".scale_weight", ".scale_input", "scaled_fp8") + ((".weight_scale",) if ours else ())
+        other = [n for n in aux if not n.endswith(allowed)]
+        if other or "_quantization_metadata" in inner.metadata:
+            what = (other or ["_quantization_metadata"])[0]
+            raise CheckpointError(f"{inner.path}: quantisation layout with {what!r} cannot be kept "
+                                  "quantised; load it dequantised (--weights bf16)")
         have = set(inner.keys())
         self._scale = {}
         for n in aux:
             for suffix in (".weight_scale", ".scale_weight"):
                 w = n[: -len(suffix)] + ".weight" if n.endswith(suffix) else None
-                if w in have and inner.dtype(w) == torch.float8_e4m3fn:
+                if w in have:
                     self._scale[w] = n
+        for n in core:
+            dt = inner.dtype(n)
+            if dt in (torch.float8_e4m3fn, torch.float8_e5m2) and (dt != torch.float8_e4m3fn or n not in self._scale):
+                raise CheckpointError(f"{inner.path}: fp8 tensor {n!r} ({dt}, scale "
+                                      f"{self._scale.get(n)!r}) cannot be kept as e4m3fn with a scale; "
+                                      "load it dequantised (--weights bf16)")
         self._core = core
 
     def keys(self) -> list[str]:

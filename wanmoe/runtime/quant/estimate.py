@@ -187,6 +187,7 @@ def estimate_table(entries, formats: Iterable[str] = FORMATS, nonblock: str = "F
     dt = str(compute_dtype).removeprefix("torch.")
     if n_experts > 1:
         lines.append(f"{n_experts} experts: multiply by {n_experts} when all are resident at once.")
-    lines.append(f"{unit} = 10^{9 if big else 6} bytes, one expert. Resident: {dt} run, unquantised tensors in their storage "
-                 f"dtype; GGUF formats resident as --weights keep. GGUF non-block 2-D tensors: {nonblock}.")
+    lines.append(f"{unit} = 10^{9 if big else 6} bytes, one expert. Resident: {dt} run, unquantised tensors "
+                 f"in their storage dtype; GGUF formats resident as --weights keep. GGUF non-block 2-D "
+                 f"tensors: {nonblock}.")
     return "\n".join(lines)

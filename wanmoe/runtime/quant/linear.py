@@ -132,7 +132,7 @@ class FP8Linear(_QuantLinear):
         return w.to(dtype) if out is None else out.copy_(w)
 
     def _scaled_mm_ok(self, x: torch.Tensor) -> bool:
-        if not (self.use_scaled_mm and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)):
+        if not (self.use_scaled_mm and x.is_cuda and x.dtype == torch.bfloat16):  # row-wise scaling: bf16 out
             return False
         if torch.cuda.get_device_capability(x.device) < (8, 9):
             return False
