@@ -7,11 +7,11 @@ and the official -> HF direction gives the stored name `shared.weight`. Source: 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import TypeVar
 
 from wanmoe.errors import CheckpointError
+from wanmoe.loading.renames import apply_rules, compile_rules
 
 # (HF name, official name)
 T5_KEY_PAIRS: tuple[tuple[str, str], ...] = (
@@ -33,32 +33,28 @@ T5_KEY_PAIRS: tuple[tuple[str, str], ...] = (
 HF_TIED: dict[str, str] = {"encoder.embed_tokens.weight": "shared.weight"}
 
 
-def _compile(template: str) -> re.Pattern:
-    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+_HF_TO_OFF = compile_rules(T5_KEY_PAIRS)
+_OFF_TO_HF = compile_rules((off, hf) for hf, off in T5_KEY_PAIRS)
 
 
-_HF_TO_OFF = tuple((_compile(hf), off) for hf, off in T5_KEY_PAIRS)
-_OFF_TO_HF = tuple((_compile(off), hf) for hf, off in T5_KEY_PAIRS)
-
-
-def _rename(name: str, table, layout: str) -> str:
-    for pattern, template in table:
-        m = pattern.match(name)
-        if m:
-            return template.replace("{i}", m.group("i")) if "{i}" in template else template
-    raise CheckpointError(
-        f"tensor {name!r} is not a known {layout} umT5 encoder name "
-        f"(expected e.g. {table[1][0].pattern!r}); is this a umT5 encoder checkpoint?")
+def _rename(name: str, rules, layout: str, example: str) -> str:
+    renamed = apply_rules(name, rules)
+    if renamed is None:
+        raise CheckpointError(
+            f"tensor {name!r} is not a known {layout} umT5 encoder name (expected names such as "
+            f"{example!r}, {{i}} a block index; full list in wanmoe/loading/keymaps_t5.py); "
+            f"is this a umT5 encoder checkpoint?")
+    return renamed
 
 
 def hf_to_official(name: str) -> str:
     """`encoder.block.3.layer.1.DenseReluDense.wi_0.weight` -> `blocks.3.ffn.gate.0.weight`."""
-    return _rename(HF_TIED.get(name, name), _HF_TO_OFF, "HF UMT5EncoderModel")
+    return _rename(HF_TIED.get(name, name), _HF_TO_OFF, "HF UMT5EncoderModel", T5_KEY_PAIRS[1][0])
 
 
 def official_to_hf(name: str) -> str:
     """`blocks.3.ffn.fc2.weight` -> `encoder.block.3.layer.1.DenseReluDense.wo.weight`."""
-    return _rename(name, _OFF_TO_HF, "official")
+    return _rename(name, _OFF_TO_HF, "official", T5_KEY_PAIRS[1][1])
 
 
 to_official = hf_to_official  # the per-layout entry point named in docs/architecture.md

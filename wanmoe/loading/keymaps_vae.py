@@ -38,6 +38,7 @@ LEAVES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 VERSIONS = ("2.1", "2.2")
+LAYOUTS = ("official", "diffusers")
 
 
 def _shared_blocks(part: str) -> list[tuple[str, str, str]]:
@@ -98,22 +99,25 @@ def _tables(version: str, num_res_blocks: int, stages: int) -> tuple[dict[str, s
     return o2d, d2o
 
 
+def _lookup(name: str, version: str, num_res_blocks: int, stages: int, to_diffusers: bool) -> str:
+    o2d, d2o = _tables(version, num_res_blocks, stages)
+    table = o2d if to_diffusers else d2o
+    if name not in table:
+        layout = "an official Wan" if to_diffusers else "a diffusers AutoencoderKLWan key of the Wan"
+        raise CheckpointError(f"VAE tensor {name!r} is not {layout}{version} VAE key "
+                              f"({num_res_blocks} residual blocks per stage, {stages} stages); "
+                              f"see wanmoe/loading/keymaps_vae.py for the accepted names")
+    return table[name]
+
+
 def official_to_diffusers(name: str, version: str, num_res_blocks: int = 2, stages: int = 4) -> str:
     """Official Wan VAE tensor name -> diffusers AutoencoderKLWan name."""
-    o2d, _ = _tables(version, num_res_blocks, stages)
-    if name not in o2d:
-        raise CheckpointError(f"VAE tensor {name!r} is not an official Wan{version} VAE key; "
-                              f"see wanmoe/loading/keymaps_vae.py for the accepted names")
-    return o2d[name]
+    return _lookup(name, version, num_res_blocks, stages, to_diffusers=True)
 
 
 def diffusers_to_official(name: str, version: str, num_res_blocks: int = 2, stages: int = 4) -> str:
     """diffusers AutoencoderKLWan tensor name -> official Wan VAE name."""
-    _, d2o = _tables(version, num_res_blocks, stages)
-    if name not in d2o:
-        raise CheckpointError(f"VAE tensor {name!r} is not a diffusers AutoencoderKLWan key of the "
-                              f"Wan{version} VAE; see wanmoe/loading/keymaps_vae.py for the accepted names")
-    return d2o[name]
+    return _lookup(name, version, num_res_blocks, stages, to_diffusers=False)
 
 
 def to_official(name: str, version: str, layout: str = "official") -> str:
@@ -123,4 +127,4 @@ def to_official(name: str, version: str, layout: str = "official") -> str:
         return name
     if layout == "diffusers":
         return diffusers_to_official(name, version)
-    raise CheckpointError(f"VAE key layout {layout!r} is unknown; choose 'official' or 'diffusers'")
+    raise CheckpointError(f"VAE key layout {layout!r} is unknown; choose one of {list(LAYOUTS)}")
