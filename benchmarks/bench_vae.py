@@ -59,7 +59,7 @@ class PeakMemory:
         else:
             try:
                 ctypes.CDLL("libc.so.6").malloc_trim(0)
-            except OSError:
+            except OSError:  # not glibc: freed memory may stay in the process, peaks read higher
                 pass
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")
@@ -107,6 +107,11 @@ def diffusers_twin(vae, device):
     return ref.to(device).eval()
 
 
+def per_frame_ms(frames: int):
+    """Formatter of a decode time as milliseconds per latent frame."""
+    return lambda t: f"{t / frames * 1e3:.0f}"
+
+
 def psnr(a, b) -> float:
     mse = ((a - b) ** 2).mean().item()
     return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)  # [-1, 1] video: peak-to-peak 2
@@ -126,7 +131,7 @@ def bench_compare(vae, ref, res, w, h, frames, device, repeats) -> None:
         y_ref = y_ref.cpu()
         t_ours, c_ours, m_ours, y = timed(lambda: vae.decode(z), device, repeats)
         diff = ((y.cpu() - y_ref).abs().max() / y_ref.abs().max()).item()
-    ms = lambda t: f"{t / frames * 1e3:.0f}"  # noqa: E731 - per latent frame
+    ms = per_frame_ms(frames)
     print(f"| Wan{vae.cfg.version} | {res} | {w}x{h} | {frames} | {ms(t_ref)} / {ms(c_ref)} | "
           f"{ms(t_ours)} / {ms(c_ours)} | {t_ref / t_ours:.2f} / {c_ref / c_ours:.2f} | {m_ref:.0f} | "
           f"{m_ours:.0f} | {diff:.1e} |")
@@ -141,7 +146,7 @@ def bench_tiling(vae, res, w, h, frames, device) -> str:
         t_full, _, m_full, y = timed(lambda: vae.decode(z), device, 1)
         t_tile, _, m_tile, y_t = timed(lambda: vae.decode(z, tiling=spec), device, 1)
         err, p = (y_t - y).abs().max().item(), psnr(y_t, y)
-    ms = lambda t: f"{t / frames * 1e3:.0f}"  # noqa: E731 - per latent frame
+    ms = per_frame_ms(frames)
     return (f"| Wan{vae.cfg.version} | {res} | {w}x{h} | {frames} | {spec.tile_latent_h}x{spec.tile_latent_w}/"
             f"{spec.overlap_latent} | {m_full:.0f} | {m_tile:.0f} | {m_tile / m_full:.2f} | {ms(t_full)} | "
             f"{ms(t_tile)} | {err:.2e} | {p:.1f} |")

@@ -108,7 +108,7 @@ def _cmd_generate(args) -> int:
     settings = settings_for(spec.preset, size=args.size, frames=args.frames, steps=args.steps,
                             shift=args.shift, guide_scale=args.guide_scale, boundary=args.boundary,
                             boundary_snr=args.boundary_snr, solver=args.solver, seed=args.seed)
-    print(f"model: {spec.preset.name} | size {settings.width}*{settings.height} | "
+    print(f"model: {spec.preset.name} ({spec.layout}) | size {settings.width}*{settings.height} | "
           f"{settings.frames} frames | {settings.steps} steps | solver {settings.solver} | "
           f"seed {settings.seed}", file=sys.stderr)
     for p in (out, latents_path, strip_path):

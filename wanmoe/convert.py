@@ -17,6 +17,7 @@ temporary file that is renamed when complete.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +53,17 @@ def _open_dit(path: Path):
     from wanmoe.loading.sources import open_tensors
 
     src = open_tensors(path)
-    if needs_scaling(src):
-        src = ScaledFp8Source(src)
-    det = detect_source(src)
-    if det.component != "dit":
+    try:
+        if needs_scaling(src):
+            src = ScaledFp8Source(src)
+        det = detect_source(src)
+        if det.component != "dit":
+            raise CheckpointError(f"{path} is {det.model} ({det.component}); `wanmoe convert` converts "
+                                  "DiT experts only")
+        key_map = key_map_for(det, src.keys()) or (lambda n: n)  # None: names are official already
+    except BaseException:
         src.close()
-        raise CheckpointError(f"{path} is {det.model} ({det.component}); `wanmoe convert` converts DiT experts")
-    key_map = key_map_for(det, src.keys()) or (lambda n: n)  # None: names are official already
+        raise
     names = {}
     for key in src.keys():
         official = key_map(key)
@@ -70,9 +75,14 @@ def _open_dit(path: Path):
 def expert_paths(src: Path) -> dict[str, Path]:
     """Expert name -> weights path: the experts of a checkpoint folder, or SRC itself."""
     if (src / "wanmoe.json").is_file():
-        meta = json.loads((src / "wanmoe.json").read_text())
-        experts = [e["name"] for e in meta["preset"]["experts"]]
-        return {e: src / meta["files"][e] for e in experts}
+        from wanmoe.loading.detect import read_json
+
+        meta = read_json(src / "wanmoe.json")
+        try:
+            return {e["name"]: src / meta["files"][e["name"]] for e in meta["preset"]["experts"]}
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{src / 'wanmoe.json'} lists no weights file for an expert ({e!r} "
+                                  "missing); it needs preset.experts[].name and files.<expert name>") from None
     pairs = {"high_noise": "high_noise_model", "low_noise": "low_noise_model"}
     if (src / "model_index.json").is_file():
         pairs = {"high_noise": "transformer", "low_noise": "transformer_2"}
@@ -90,25 +100,19 @@ def _stem(p: Path) -> str:
 
 # ---- plans ---------------------------------------------------------------------------------
 
-def _is_block_weight(name: str, shape) -> bool:
-    from wanmoe.runtime.quant.apply import is_block_linear
-
-    module, _, leaf = name.rpartition(".")
-    return leaf == "weight" and len(shape) == 2 and is_block_linear(module)
-
-
 def _loader(src, key: str) -> Callable[[], torch.Tensor]:
     return lambda: src.get(key, torch.float32)  # exact for every stored float type
 
 
 def _plan_safetensors(src, names: dict[str, str], target: str) -> list[_Out]:
     from wanmoe.models.dit import WanDiT
+    from wanmoe.runtime.quant.apply import is_block_weight
     from wanmoe.runtime.quant.quantize import quantize_fp8
 
     outs = []
     for name, key in names.items():
         shape, load = tuple(src.shape(key)), _loader(src, key)
-        if target == "fp8" and _is_block_weight(name, shape):
+        if target == "fp8" and is_block_weight(name, shape):
             cache: dict[str, torch.Tensor] = {}
 
             def weight(load=load, cache=cache):
@@ -125,22 +129,19 @@ def _plan_safetensors(src, names: dict[str, str], target: str) -> list[_Out]:
 
 def _plan_gguf(src, names: dict[str, str], nonblock: str) -> list:
     from wanmoe.loading.gguf import TensorSpec
+    from wanmoe.runtime.quant.apply import is_block_weight
+    from wanmoe.runtime.quant.estimate import gguf_float_type
+    from wanmoe.runtime.quant.gguf_dequant import FLOAT_DTYPES
     from wanmoe.runtime.quant.quantize import quantize_q8_0
 
     specs = []
     for name, key in names.items():
         shape, load = tuple(src.shape(key)), _loader(src, key)
-        if _is_block_weight(name, shape) and shape[-1] % 32 == 0:
+        if is_block_weight(name, shape) and shape[-1] % 32 == 0:
             specs.append(TensorSpec(name, shape, "Q8_0", lambda load=load: quantize_q8_0(load())))
             continue
-        numel = 1
-        for s in shape:
-            numel *= s
-        if len(shape) != 2 or numel <= 1024 or "modulation" in name:
-            qtype = "F32"
-        else:
-            qtype = "BF16" if src.dtype(key) == torch.bfloat16 else nonblock
-        dt = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[qtype]
+        qtype = gguf_float_type(name, shape, "BF16" if src.dtype(key) == torch.bfloat16 else nonblock)
+        dt = FLOAT_DTYPES[qtype]
         specs.append(TensorSpec(name, shape, qtype, lambda load=load, dt=dt: load().to(dt)))
     return specs
 
@@ -152,9 +153,7 @@ def write_safetensors_stream(path: Path, outs: list[_Out], metadata: dict[str, s
     header: dict = {"__metadata__": dict(metadata or {})} if metadata else {}
     offset = 0
     for o in outs:
-        n = o.dtype.itemsize
-        for s in o.shape:
-            n *= s
+        n = o.dtype.itemsize * math.prod(o.shape)
         header[o.name] = {"dtype": _ST_CODES[o.dtype], "shape": list(o.shape), "data_offsets": [offset, offset + n]}
         offset += n
     blob = json.dumps(header, separators=(",", ":")).encode()
@@ -177,10 +176,16 @@ def write_safetensors_stream(path: Path, outs: list[_Out], metadata: dict[str, s
     return path
 
 
-def convert_expert(src_path: str | Path, out_path: str | Path, target: str, nonblock: str = "F16") -> Path:
-    """Convert one DiT expert file/folder to `target`, written to `out_path`."""
+def _check_args(target: str, nonblock: str) -> None:
     if target not in TARGETS:
         raise InputError(f"--to {target!r} is not one of {', '.join(TARGETS)}")
+    if nonblock not in ("F16", "F32"):
+        raise InputError(f"GGUF non-block dtype {nonblock!r} is not one of F16, F32")
+
+
+def convert_expert(src_path: str | Path, out_path: str | Path, target: str, nonblock: str = "F16") -> Path:
+    """Convert one DiT expert file/folder to `target`, written to `out_path` (atomically)."""
+    _check_args(target, nonblock)
     src, names = _open_dit(Path(src_path))
     try:
         meta = {"wanmoe.source": Path(src_path).name, "wanmoe.target": target}
@@ -211,16 +216,21 @@ def output_paths(src: Path, target: str, out: Path | None) -> dict[str, tuple[Pa
             raise InputError(f"--out {dest} must end in {ext} for --to {target}")
         return {name: (path, dest)}
     folder = out if out is not None else src.parent / f"{src.name}-{tag}"
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--out {folder} is a file, but {src} has {len(experts)} experts "
+                         f"({', '.join(experts)}); give a folder to write one file per expert into")
     return {name: (path, folder / f"{name}{ext}") for name, path in experts.items()}
 
 
 def convert(src: str | Path, target: str, out: str | Path | None = None, nonblock: str = "F16",
             overwrite: bool = False) -> list[Path]:
-    """Convert every expert of SRC; returns the written files."""
-    if target not in TARGETS:
-        raise InputError(f"--to {target!r} is not one of {', '.join(TARGETS)}")
-    if nonblock not in ("F16", "F32"):
-        raise InputError(f"GGUF non-block dtype {nonblock!r} is not one of F16, F32")
+    """Convert every expert of SRC; returns the written files.
+
+    All or nothing: each expert is written to `<dest>.staged` first and the outputs are renamed
+    into place only when every expert has converted; a failure removes the staged files and
+    any output folder this call created.
+    """
+    _check_args(target, nonblock)
     src = Path(src)
     if not src.exists():
         raise CheckpointError(f"checkpoint path {src} does not exist")
@@ -228,11 +238,32 @@ def convert(src: str | Path, target: str, out: str | Path | None = None, nonbloc
     for _, dest in plan.values():
         if dest.exists() and not overwrite:
             raise InputError(f"{dest} already exists; pass --overwrite or choose another --out")
-    written = []
-    for path, dest in plan.values():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        written.append(convert_expert(path, dest, target, nonblock))
-    return written
+    staged: list[tuple[Path, Path]] = []
+    created = _missing_dirs({dest.parent for _, dest in plan.values()})
+    try:
+        for path, dest in plan.values():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            staged.append((convert_expert(path, dest.with_name(dest.name + ".staged"), target, nonblock), dest))
+        for tmp, dest in staged:
+            os.replace(tmp, dest)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        for folder in created:  # deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    return [dest for _, dest in staged]
+
+
+def _missing_dirs(folders) -> list[Path]:
+    """The folders (and their ancestors) that do not exist yet, deepest first."""
+    missing = set()
+    for folder in folders:
+        while not folder.exists() and folder != folder.parent:
+            missing.add(folder)
+            folder = folder.parent
+    return sorted(missing, key=lambda d: len(d.parts), reverse=True)
 
 
 def _run(args) -> int:

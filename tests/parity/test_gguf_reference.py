@@ -15,24 +15,21 @@ differ by ~1e-4 relative; bound 2e-3 (fp32 compute). The unquantised DiT parity 
 import numpy as np
 import pytest
 import torch
+from helpers_quant import CFG, gguf_tensors, random_blocks, tiny_state
 
 diffusers = pytest.importorskip("diffusers")
 gguf = pytest.importorskip("gguf")
 dq = pytest.importorskip("diffusers.quantizers.gguf.utils")
 
-from wanmoe.configs import DiTConfig  # noqa: E402
 from wanmoe.loading.components import load_dit  # noqa: E402
 from wanmoe.loading.gguf import write_gguf  # noqa: E402
 from wanmoe.loading.keymaps_dit import official_to_diffusers  # noqa: E402
-from wanmoe.models.dit import WanDiT  # noqa: E402
 from wanmoe.runtime.quant.apply import make_installer  # noqa: E402
-from wanmoe.runtime.quant.gguf_dequant import QUANT_SIZES, dequantize  # noqa: E402
+from wanmoe.runtime.quant.gguf_dequant import dequantize  # noqa: E402
 from wanmoe.runtime.quant.linear import DequantWorkspace  # noqa: E402
 from wanmoe.runtime.quant.quantize import quantize_gguf  # noqa: E402
 
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
-CFG = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=4, out_dim=4,
-                freq_dim=32, text_dim=32, text_len=16)
 
 
 def _quantised_weights(qtype, rows=8, cols=512, seed=0):
@@ -44,12 +41,7 @@ def _quantised_weights(qtype, rows=8, cols=512, seed=0):
     except NotImplementedError:
         if qtype in ("Q4_K", "Q6_K"):
             return quantize_gguf(w, qtype).data.numpy()
-        rng = np.random.default_rng(seed)  # Q2_K/Q3_K/Q5_K: random bits, fp16 scales set below
-        raw = rng.integers(0, 256, (rows, cols // 256, QUANT_SIZES[qtype][1]), dtype=np.uint8)
-        offs = {"Q2_K": (80, 82), "Q3_K": (108,), "Q5_K": (0, 2)}[qtype]
-        for o in offs:
-            raw[..., o:o + 2] = (rng.standard_normal(raw.shape[:2]) * 1e-3).astype(np.float16)[..., None].view(np.uint8)
-        return raw.reshape(rows, -1)
+        return random_blocks(qtype, rows, cols, seed, scale=1e-3)  # Q2_K/Q3_K/Q5_K: random bits
 
 
 @pytest.mark.parametrize("qtype", TYPES)
@@ -92,17 +84,8 @@ def _diffusers_model_from_gguf(path):
 @pytest.mark.parametrize("mix", ["Q8_0", "Q4_K_M"])
 @torch.no_grad()
 def test_tiny_dit_matches_diffusers_gguf(tmp_path, mix):
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in WanDiT(CFG).state_dict().items()}
     g = torch.Generator().manual_seed(0)
-    tensors = {}
-    for k, shape in shapes.items():
-        v = torch.randn(shape, generator=g) * 0.05
-        if k.startswith("blocks.") and k.endswith(".weight") and v.dim() == 2:
-            q = "Q8_0" if mix == "Q8_0" else ("Q6_K" if (".v." in k or "ffn.2" in k) else "Q4_K")
-            v = quantize_gguf(v, q)
-        tensors[k] = v
-    path = write_gguf(tmp_path / f"{mix}.gguf", tensors)
+    path = write_gguf(tmp_path / f"{mix}.gguf", gguf_tensors(tiny_state(generator=g), mix))
     ours = load_dit(path, CFG, torch.float32, install_quantized=make_installer(DequantWorkspace()))
     ref = _diffusers_model_from_gguf(path)
     assert isinstance(ref.blocks[0].attn1.to_q, dq.GGUFLinear)

@@ -1,4 +1,5 @@
-"""The MoE sampling pipeline vs diffusers' `WanPipeline` (two transformers, boundary_ratio 0.875).
+"""The sampling pipeline vs diffusers' `WanPipeline`: the MoE path (two transformers,
+boundary_ratio 0.875) and the dense TI2V-5B path (`expand_timesteps=True`).
 
 Same tiny random weights (official names -> diffusers names through `keymaps_dit`), the same
 prompt / negative-prompt embeddings (zero-padded to text_len = 512 rows for diffusers, exactly
@@ -13,6 +14,8 @@ sinusoid in float32 (ours: float64, as official; at t ~ 1000 the fp32 angle t*w 
 absolute error), RoPE with real fp32 cos/sin (ours: complex float64), and attention without
 padding masks (no padding at this size, so no effect). These are ~1e-6..1e-5 relative per
 forward; 40 steps of a random model accumulate them. The expert sequence must match exactly.
+Measured max |diff| / max |latent|: 8e-7 (MoE, 40 steps), 1.3e-6 (MoE, 12 steps), 2.1e-6
+(dense, 10 steps); the tolerance 2e-5 leaves ~10x headroom for other CPUs / BLAS builds.
 """
 
 from dataclasses import replace
@@ -129,4 +132,43 @@ def test_moe_pipeline_matches_diffusers(steps, high):
     scale = out.abs().max().item()
     print(f"steps={steps}: max abs diff {err:.3e}, max abs latent {scale:.3e}")
     # fp32 sinusoid/RoPE differences only (see module docstring); measured 8e-7 (40 steps) and 1.3e-6 (12 steps) relative
+    assert err <= 2e-5 * scale, f"max abs diff {err:.3e} vs scale {scale:.3e}"
+
+
+def test_dense_ti2v_pipeline_matches_diffusers_expand_timesteps():
+    """TI2V-5B path: one dense DiT, guide 5.0, shift 5; diffusers feeds per-token timesteps
+    (`expand_timesteps=True`, spec §4.8), we feed one per sample: in t2v mode they are equal."""
+    from diffusers import WanPipeline as DiffusersWanPipeline
+
+    from wanmoe.configs import TI2V_5B
+
+    torch.manual_seed(1)
+    cfg = tiny_dit_config(48)
+    preset = replace(TI2V_5B, dit=cfg)
+    state = dit_state(cfg, 3)
+    ours = WanDiT(cfg)
+    ours.load_state_dict(state, strict=True)
+    pipe = WanPipeline(preset, {"dense": ours.eval()}, None, None, device=torch.device("cpu"),
+                       dtype=torch.float32)
+    cond, uncond = [torch.randn(5, cfg.text_dim)], [torch.randn(9, cfg.text_dim)]
+    noise = torch.randn(48, 2, 4, 4)  # [z, F_lat, H/16, W/16] for 64x64, 5 frames
+    settings = settings_for(preset, size="64*64", frames=5, steps=10, seed=0)
+    latents, experts = pipe.sample(noise, cond, uncond, settings, progress=False)
+
+    def pad(c):
+        return torch.cat([c, c.new_zeros(TEXT_LEN - c.shape[0], c.shape[1])])[None]
+
+    ref = DiffusersWanPipeline(tokenizer=None, text_encoder=None, vae=None,
+                               scheduler=SolverScheduler("unipc", preset.shift),
+                               transformer=_diffusers_transformer(state, cfg), transformer_2=None,
+                               boundary_ratio=None, expand_timesteps=True)
+    ref.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        out = ref(prompt_embeds=pad(cond[0]), negative_prompt_embeds=pad(uncond[0]),
+                  latents=noise[None].clone(), height=64, width=64, num_frames=5,
+                  num_inference_steps=10, guidance_scale=5.0, output_type="latent",
+                  return_dict=False)[0][0]
+    assert experts == ["dense"] * 10
+    err, scale = (latents - out).abs().max().item(), out.abs().max().item()
+    print(f"ti2v: max abs diff {err:.3e}, max abs latent {scale:.3e}")
     assert err <= 2e-5 * scale, f"max abs diff {err:.3e} vs scale {scale:.3e}"

@@ -1,9 +1,8 @@
 """Our umT5 encoder vs transformers' UMT5EncoderModel on a tiny random model with the same weights."""
 
-import random
-
 import pytest
 import torch
+from helpers_text import captions, rel
 
 transformers = pytest.importorskip("transformers")
 
@@ -43,10 +42,6 @@ def _ours_from(hf_model) -> UMT5Encoder:
     return model
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-
-
 def _ids_and_mask(valid: list[int]):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, VOCAB, (len(valid), LEN), generator=g)
@@ -72,7 +67,7 @@ def test_forward_matches_transformers_fp32_with_padding():
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
         out = ours(ids, mask)
-    err = _rel(out, ref)
+    err = rel(out, ref)
     print(f"fp32 max|ours-hf|/max|hf| = {err:.2e}")
     # fp32, same op order up to matmul blocking and the position of the mask add: ~1e-7 expected
     assert err < 1e-5
@@ -98,7 +93,7 @@ def test_bf16_close_to_fp32_and_to_transformers_bf16():
         out16 = ours16(ids, mask)
         ref16 = hf16(input_ids=ids, attention_mask=mask).last_hidden_state
     assert out16.dtype == torch.bfloat16
-    vs32, vs_hf16 = _rel(out16, ref32), _rel(out16, ref16)
+    vs32, vs_hf16 = rel(out16, ref32), rel(out16, ref16)
     print(f"bf16 vs fp32: {vs32:.2e}; bf16 vs transformers bf16: {vs_hf16:.2e}")
     # bf16 keeps 8 mantissa bits (rel. step 2^-8 = 3.9e-3) and rounds after every op of 2 blocks
     assert vs32 < 5e-2
@@ -109,10 +104,8 @@ def test_bf16_close_to_fp32_and_to_transformers_bf16():
 
 
 def _tiny_tokenizer_dir(tmp_path):
-    rng = random.Random(0)
     words = "a the red small quiet happy cat dog fox horse walks on beach road hill at sunset night".split()
-    corpus = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(300)]
-    tok = train_unigram_tokenizer(corpus, vocab_size=VOCAB)
+    tok = train_unigram_tokenizer(captions(words, 300, 3, 12), vocab_size=VOCAB)
     folder = tmp_path / "google" / "umt5-xxl"
     folder.mkdir(parents=True)
     tok.save(str(folder / "tokenizer.json"))
@@ -135,4 +128,4 @@ def test_text_encoder_matches_transformers_pipeline(tmp_path):
             ref = hf(**batch).last_hidden_state[0]
         n = int(batch["attention_mask"].sum())
         assert ctx.shape == (n, D)
-        assert _rel(ctx, ref[:n]) < 1e-5  # fp32, see the forward test
+        assert rel(ctx, ref[:n]) < 1e-5  # fp32, see the forward test

@@ -10,10 +10,9 @@ this machine); the default CPU fast kernels (oneDNN conv, sum-of-squares norm) d
 
 import pytest
 import torch
+from helpers_vae import one_thread, rel, seeded_vae, tiny_cfg  # noqa: F401  (one_thread: autouse fixture)
 
-from wanmoe.configs import WAN21_VAE_MEAN, WAN21_VAE_STD, WAN22_VAE_MEAN, WAN22_VAE_STD, VAEConfig
 from wanmoe.loading.keymaps_vae import official_to_diffusers
-from wanmoe.vae import build_vae
 from wanmoe.vae.blocks import use_reference_kernels
 
 diffusers = pytest.importorskip("diffusers", reason="parity reference needs diffusers")
@@ -21,40 +20,22 @@ diffusers = pytest.importorskip("diffusers", reason="parity reference needs diff
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny convs: two OpenMP threads on the shared 2-core box oversubscribe (10x+ slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _pair(version: str):
     """Our tiny VAE and a diffusers AutoencoderKLWan in the matching configuration, same weights."""
     if version == "2.1":
-        cfg = VAEConfig(version="2.1", dim=8, dec_dim=8, z_dim=16, mean=WAN21_VAE_MEAN, std=WAN21_VAE_STD)
+        cfg = tiny_cfg("2.1", dim=8)
         ref = diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, latents_mean=list(cfg.mean),
                                          latents_std=list(cfg.std))
     else:  # constructor args of the Wan2.2 VAE as in diffusers' TI2V-5B config
-        cfg = VAEConfig(version="2.2", dim=8, dec_dim=12, z_dim=48, mean=WAN22_VAE_MEAN, std=WAN22_VAE_STD)
+        cfg = tiny_cfg("2.2", dim=8, dec_dim=12)
         ref = diffusers.AutoencoderKLWan(base_dim=8, decoder_base_dim=12, z_dim=48, is_residual=True,
                                          in_channels=12, out_channels=12, patch_size=2,
                                          scale_factor_spatial=16, latents_mean=list(cfg.mean),
                                          latents_std=list(cfg.std))
-    torch.manual_seed(0)
-    ours = build_vae(cfg).eval()
-    with torch.no_grad():
-        for name, p in ours.named_parameters():
-            if name.endswith("gamma"):  # make the RMS-norm scales non-trivial
-                p.add_(0.2 * torch.randn_like(p))
+    ours = seeded_vae(cfg)  # RMS-norm scales made non-trivial
     ref.load_state_dict({official_to_diffusers(k, version): v for k, v in ours.state_dict().items()},
                         strict=True)
     return ours, ref.eval()
-
-
-def rel(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.mark.parametrize("version, size", [("2.1", 32), ("2.2", 64)])

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from helpers_quant import CFG, tiny_state
 from safetensors.torch import save_file
 
 gguf = pytest.importorskip("gguf", reason="GGUF output and its reference quantiser")
 
-from wanmoe.configs import DiTConfig  # noqa: E402
 from wanmoe.convert import convert, convert_expert  # noqa: E402
 from wanmoe.errors import InputError  # noqa: E402
 from wanmoe.loading.gguf import open_gguf  # noqa: E402
@@ -16,17 +16,7 @@ from wanmoe.models.dit import WanDiT  # noqa: E402
 from wanmoe.runtime.quant.gguf_dequant import GGUFWeight  # noqa: E402
 from wanmoe.runtime.quant.quantize import quantize_fp8  # noqa: E402
 
-# Block linears 256 wide (Q8_0 needs multiples of 32); 2 heads of 128 as detection assumes.
-CFG = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=4, out_dim=4,
-                freq_dim=32, text_dim=32, text_len=16)
 BLOCK_LINEAR = ("self_attn.q", "cross_attn.v", "ffn.0", "ffn.2")
-
-
-def tiny_state(seed=0):
-    with torch.device("meta"):
-        m = WanDiT(CFG)
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=g) * 0.05 for k, v in m.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +120,29 @@ def test_failure_leaves_no_file(src, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         convert_expert(path, tmp_path / "z.gguf", "gguf-q8_0")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_conversion_is_all_or_nothing(src, tmp_path, monkeypatch):
+    import wanmoe.runtime.quant.quantize as qz
+
+    _, sd = src
+    root = tmp_path / "ckpt"
+    for expert in ("high_noise_model", "low_noise_model"):
+        (root / expert).mkdir(parents=True)
+        save_file(sd, str(root / expert / "diffusion_pytorch_model.safetensors"))
+    calls, real = [], qz.quantize_q8_0
+
+    def fail_in_second_expert(w):
+        calls.append(1)
+        if len(calls) > 10 * CFG.num_layers:  # the first expert's block linears succeed
+            raise RuntimeError("disk full")
+        return real(w)
+
+    monkeypatch.setattr(qz, "quantize_q8_0", fail_in_second_expert)
+    out = tmp_path / "new" / "q8"
+    with pytest.raises(RuntimeError, match="disk full"):
+        convert(root, "gguf-q8_0", out)
+    assert len(calls) > 10 * CFG.num_layers and not (tmp_path / "new").exists()  # nothing half-written
+    (tmp_path / "a.gguf").touch()
+    with pytest.raises(InputError, match=r"a\.gguf is a file, but .* has 2 experts"):
+        convert(root, "gguf-q8_0", tmp_path / "a.gguf")

@@ -3,29 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from helpers_quant import F16_FIELDS, random_blocks
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is the reference for block layouts")
 
-from wanmoe.runtime.quant.gguf_dequant import QUANT_SIZES, GGUFWeight, dequantize  # noqa: E402
+from wanmoe.runtime.quant.gguf_dequant import GGUFWeight, dequantize  # noqa: E402
 
-# Byte ranges of the fp16 scale fields in each block (ggml-common.h); random bytes there could
-# be NaN/Inf, which is not a real file, so they are overwritten with finite fp16 values.
-F16_FIELDS = {
-    "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
-    "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
-}
 BLOCK_TYPES = list(F16_FIELDS)
 REF_QUANTIZABLE = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]  # gguf-py has quantisers for these
-
-
-def random_blocks(qtype: str, rows: int, row_len: int, seed: int = 0) -> np.ndarray:
-    block, size = QUANT_SIZES[qtype]
-    rng = np.random.default_rng(seed)
-    raw = rng.integers(0, 256, size=(rows, row_len // block, size), dtype=np.uint8)
-    for off in F16_FIELDS[qtype]:
-        scales = (rng.standard_normal((rows, row_len // block)) * 0.01).astype(np.float16)
-        raw[:, :, off:off + 2] = scales.view(np.uint8).reshape(rows, row_len // block, 2)
-    return raw.reshape(rows, -1)
 
 
 @pytest.mark.parametrize("qtype", BLOCK_TYPES)
@@ -61,6 +46,22 @@ def test_output_dtype_and_buffer_equal_cast_of_fp32():
     buf = torch.empty(4, 256, dtype=torch.bfloat16)
     out = dequantize(raw, "Q4_K", (4, 256), out=buf)
     assert out.data_ptr() == buf.data_ptr() and torch.equal(buf, w32.bfloat16())
+
+
+@pytest.mark.parametrize("qtype", BLOCK_TYPES)
+def test_out_buffer_equals_cast_of_fp32(qtype):
+    # The block functions write their last operation straight into a contiguous `out`; a
+    # non-contiguous one gets a copy. Either way: the float32 values rounded once into out's dtype.
+    raw = torch.from_numpy(random_blocks(qtype, 4, 512, seed=5))
+    w32 = dequantize(raw, qtype, (4, 512))
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        buf = torch.full((4, 512), float("nan"), dtype=dtype)
+        assert dequantize(raw, qtype, (4, 512), out=buf) is buf and torch.equal(buf, w32.to(dtype))
+    strided = torch.empty(512, 4, dtype=torch.bfloat16).t()
+    dequantize(raw, qtype, (4, 512), out=strided)
+    assert torch.equal(strided, w32.bfloat16())
+    with pytest.raises(ValueError, match=r"out buffer has shape \(512, 4\)"):
+        dequantize(raw, qtype, (4, 512), out=torch.empty(512, 4))
 
 
 def test_gguf_weight_checks_byte_count():

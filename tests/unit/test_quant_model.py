@@ -9,9 +9,9 @@ activations alone give ~0.3% here) and 1e-4 for fp32. Exact layouts are checked 
 
 import pytest
 import torch
+from helpers_quant import CFG, gguf_tensors, tiny_state
 from safetensors.torch import save_file
 
-from wanmoe.configs import DiTConfig
 from wanmoe.convert import convert_expert
 from wanmoe.errors import CheckpointError, InputError
 from wanmoe.loading.components import load_dit
@@ -20,17 +20,8 @@ from wanmoe.runtime.quant.apply import block_linears, install_quantized, make_in
 from wanmoe.runtime.quant.linear import DequantWorkspace, FP8Linear, GGUFLinear, Int8Linear
 from wanmoe.runtime.quant.quantize import quantize_gguf
 
-CFG = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=4, out_dim=4,
-                freq_dim=32, text_dim=32, text_len=16)
 DTYPES = [torch.float32, torch.bfloat16]
 FLOOR = {torch.float32: 1e-4, torch.bfloat16: 0.01}
-
-
-def tiny_state(seed=0):
-    with torch.device("meta"):
-        m = WanDiT(CFG)
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=g) * 0.05 for k, v in m.state_dict().items()}
 
 
 SD = tiny_state()
@@ -108,16 +99,7 @@ def test_fp8_file_loads_to_the_same_model(tmp_path, dtype):
 def _gguf_file(tmp_path, mix):
     from wanmoe.loading.gguf import write_gguf
 
-    tensors = {}
-    for k, v in SD.items():
-        if k.startswith("blocks.") and k.endswith(".weight") and v.dim() == 2:
-            q = mix
-            if mix == "Q4_K_M":  # formats.md §4: v and ffn.2 get Q6_K
-                q = "Q6_K" if (".v." in k or "ffn.2" in k) else "Q4_K"
-            tensors[k] = quantize_gguf(v, q)
-        else:
-            tensors[k] = v
-    return write_gguf(tmp_path / f"{mix}.gguf", tensors)
+    return write_gguf(tmp_path / f"{mix}.gguf", gguf_tensors(SD, mix))
 
 
 @pytest.mark.parametrize("mix,dtype", [("Q8_0", torch.float32), ("Q8_0", torch.bfloat16),

@@ -1,8 +1,7 @@
 """TextEncoder: one batch-1 call per prompt, output trimmed to the mask-1 tokens (incl. EOS)."""
 
-import random
-
 import torch
+from helpers_text import captions
 
 from wanmoe.configs import T5Config
 from wanmoe.text.encoder import TextEncoder, cpu_lacks_bf16
@@ -14,9 +13,8 @@ WORDS = "a the red small cat dog fox walks runs on beach road at sunset night".s
 
 
 def _setup(dtype=torch.float32, text_len=20):
-    rng = random.Random(0)
-    corpus = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10))) for _ in range(200)]
-    tok = PromptTokenizer(train_unigram_tokenizer(corpus, vocab_size=80), text_len=text_len)
+    trained = train_unigram_tokenizer(captions(WORDS, 200, 3, 10), vocab_size=80)
+    tok = PromptTokenizer(trained, text_len=text_len)
     cfg = T5Config(vocab_size=tok.vocab_size, dim=32, dim_attn=32, dim_ffn=48, num_heads=4,
                    num_layers=2, text_len=text_len)
     torch.manual_seed(0)

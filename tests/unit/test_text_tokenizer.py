@@ -2,10 +2,10 @@
 
 import importlib.util
 import json
-import random
 
 import pytest
 import torch
+from helpers_text import captions
 
 from wanmoe.errors import CheckpointError
 from wanmoe.text import tokenizer as tokmod
@@ -18,8 +18,7 @@ WORDS = ("a an the cat dog fox horse bird man woman child car train boat tree fl
          "big old young happy quiet walks runs sleeps jumps flies swims sits looks plays on in "
          "at under over near through with of and sunset night dawn morning rain snow sun light "
          "camera slowly close-up wide shot").split()
-_rng = random.Random(0)
-CORPUS = [" ".join(_rng.choice(WORDS) for _ in range(_rng.randint(4, 14))) + "." for _ in range(400)]
+CORPUS = captions(WORDS, 400, 4, 14, end=".")
 PROMPTS = [
     "a red fox runs on the hill at dawn.",
     "  a quiet   cat\n sleeps &amp;amp; a dog walks, zebra-42!  ",

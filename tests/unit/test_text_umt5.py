@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers_text import rel
 
 from wanmoe.configs import UMT5_XXL, T5Config
 from wanmoe.errors import CheckpointError
@@ -129,10 +130,6 @@ def test_caller_autocast_is_ignored():
     assert out.dtype == torch.float32 and torch.equal(out, ref)
 
 
-def _rel(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-
-
 def test_matmul_upcast_matches_bf16_kernels_up_to_summation_order():
     """The fast CPU path (fp32 GEMM of bf16 values) vs the reference bf16 kernels."""
     model = _tiny_model()
@@ -150,5 +147,5 @@ def test_matmul_upcast_matches_bf16_kernels_up_to_summation_order():
     assert fast.dtype == torch.bfloat16 and torch.equal(again, plain)  # the switch turns it off
     # bf16 products are exact in fp32, so only the accumulation order differs: a few bf16 ulps
     # (2^-8 relative each) at most, and no less accurate than the bf16 kernels against fp32
-    assert _rel(fast, plain) < 4 * 2.0**-8
-    assert _rel(fast, ref32) <= 1.25 * _rel(plain, ref32) + 1e-3
+    assert rel(fast, plain) < 4 * 2.0**-8
+    assert rel(fast, ref32) <= 1.25 * rel(plain, ref32) + 1e-3

@@ -5,24 +5,12 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers_vae import one_thread, rel  # noqa: F401  (one_thread: autouse fixture)
 
 from wanmoe.vae.blocks import (AvgDown3D, CausalConv3d, DupUp3D, Resample, RMSNorm, conv3d,
                                l2_normalize_channels)
 from wanmoe.vae.cache import CausalCache
 from wanmoe.vae.wan22 import patchify, unpatchify
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny convs: two OpenMP threads on the shared 2-core box oversubscribe (10x+ slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def rel(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def test_rms_norm_is_l2_normalise_times_sqrt_c():
@@ -142,3 +130,6 @@ def test_patchify_channel_order_is_c_w_h():
     for c, r, q in itertools.product(range(3), range(2), range(2)):
         assert torch.equal(p[:, c * 4 + r * 2 + q], x[:, c, :, q::2, r::2])
     assert torch.equal(unpatchify(p), x)
+    out = torch.zeros(2, 3, 4, 6, 8)
+    unpatchify(p, out=out[:, :, 1:3])  # a time slice of a larger video, as the chunked decode writes
+    assert torch.equal(out[:, :, 1:3], x) and not out[:, :, [0, 3]].any()

@@ -4,21 +4,13 @@ import json
 
 import pytest
 import torch
+from helpers_vae import one_thread, tiny_cfg  # noqa: F401  (one_thread: autouse fixture)
 
-from wanmoe.configs import WAN21_VAE, WAN21_VAE_MEAN, WAN21_VAE_STD, WAN22_VAE, VAEConfig
+from wanmoe.configs import WAN21_VAE, WAN22_VAE
 from wanmoe.vae import WanVAE21, WanVAE22, build_vae
 
 # encoder / decoder parameter split published in spec §6.2 / §6.3 (the rest: conv1 + conv2)
 SPEC_SPLIT = {"2.1": (53_595_872, 73_295_331), "2.2": (149_627_776, 555_049_228)}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny convs: two OpenMP threads on the shared 2-core box oversubscribe (10x+ slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("cfg, manifest", [(WAN21_VAE, "official-wan21-vae.json"),
@@ -39,7 +31,7 @@ def test_meta_build_matches_official_manifest(cfg, manifest, manifests_dir):
 
 
 def test_build_vae_dispatch_and_version_check():
-    small = VAEConfig(version="2.1", dim=2, dec_dim=2, z_dim=16, mean=WAN21_VAE_MEAN, std=WAN21_VAE_STD)
+    small = tiny_cfg("2.1", dim=2)
     assert isinstance(build_vae(small), WanVAE21)
     with torch.device("meta"):
         assert isinstance(build_vae(WAN22_VAE), WanVAE22)
@@ -51,7 +43,7 @@ def test_bf16_params_run_fp32_math():
     """bf16-stored weights are cast to fp32 per op (the official float32 autocast): the result equals
     an fp32 model holding the same bf16-rounded values, exactly."""
     torch.manual_seed(0)
-    cfg = VAEConfig(version="2.1", dim=4, dec_dim=4, z_dim=16, mean=WAN21_VAE_MEAN, std=WAN21_VAE_STD)
+    cfg = tiny_cfg("2.1")
     fp32 = build_vae(cfg).eval()
     bf16 = build_vae(cfg).eval()
     bf16.load_state_dict(fp32.state_dict())

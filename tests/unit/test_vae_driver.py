@@ -3,39 +3,17 @@ normalisation (spec §6.4-6.6) and differentiability."""
 
 import pytest
 import torch
+from helpers_vae import one_thread, rel, seeded_vae, tiny_cfg  # noqa: F401  (one_thread: autouse fixture)
 
-from wanmoe.configs import WAN21_VAE_MEAN, WAN21_VAE_STD, WAN22_VAE_MEAN, WAN22_VAE_STD, VAEConfig
+from wanmoe.configs import WAN21_VAE_MEAN, WAN21_VAE_STD
 from wanmoe.errors import InputError
-from wanmoe.vae import build_vae
 from wanmoe.vae.blocks import use_reference_kernels
 
-TINY = {
-    "2.1": VAEConfig(version="2.1", dim=4, dec_dim=4, z_dim=16, mean=WAN21_VAE_MEAN, std=WAN21_VAE_STD),
-    "2.2": VAEConfig(version="2.2", dim=4, dec_dim=6, z_dim=48, mean=WAN22_VAE_MEAN, std=WAN22_VAE_STD),
-}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny convs: two OpenMP threads on the shared 2-core box oversubscribe (10x+ slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TINY = {"2.1": tiny_cfg("2.1"), "2.2": tiny_cfg("2.2", dec_dim=6)}
 
 
 def tiny(version):
-    torch.manual_seed(0)
-    vae = build_vae(TINY[version]).eval()
-    with torch.no_grad():
-        for name, p in vae.named_parameters():
-            if name.endswith("gamma"):
-                p.add_(0.2 * torch.randn_like(p))
-    return vae
-
-
-def rel(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
+    return seeded_vae(TINY[version])
 
 
 @pytest.mark.parametrize("version", ["2.1", "2.2"])

@@ -4,25 +4,13 @@ import math
 
 import pytest
 import torch
+from helpers_vae import one_thread, seeded_vae, tiny_cfg  # noqa: F401  (one_thread: autouse fixture)
 
-from wanmoe.configs import WAN21_VAE_MEAN, WAN21_VAE_STD, WAN22_VAE_MEAN, WAN22_VAE_STD, VAEConfig
 from wanmoe.errors import InputError
-from wanmoe.vae import TileSpec, build_vae
+from wanmoe.vae import TileSpec
 from wanmoe.vae.tiling import ramp_weights, tile_starts
 
-TINY = {
-    "2.1": VAEConfig(version="2.1", dim=4, dec_dim=4, z_dim=16, mean=WAN21_VAE_MEAN, std=WAN21_VAE_STD),
-    "2.2": VAEConfig(version="2.2", dim=4, dec_dim=4, z_dim=48, mean=WAN22_VAE_MEAN, std=WAN22_VAE_STD),
-}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny convs: two OpenMP threads on the shared 2-core box oversubscribe (10x+ slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TINY = {"2.1": tiny_cfg("2.1"), "2.2": tiny_cfg("2.2")}
 
 
 def psnr(a, b):
@@ -55,8 +43,7 @@ def test_tile_grid_covers_with_overlap_and_positive_weights(size, tile, ov):
 
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
 def test_single_tile_equals_untiled_exactly(version):
-    torch.manual_seed(0)
-    vae = build_vae(TINY[version]).eval()
+    vae = seeded_vae(TINY[version], gammas=False)
     z = torch.randn(1, vae.cfg.z_dim, 2, 3, 4)
     with torch.no_grad():
         assert torch.equal(vae.decode(z, tiling=TileSpec(3, 4, 1)), vae.decode(z))
@@ -64,8 +51,7 @@ def test_single_tile_equals_untiled_exactly(version):
 
 
 def test_real_tiling_is_close_and_blending_beats_hard_seams():
-    torch.manual_seed(0)
-    vae = build_vae(TINY["2.1"]).eval()
+    vae = seeded_vae(TINY["2.1"], gammas=False)
     z = torch.randn(1, 16, 2, 12, 12)
     with torch.no_grad():
         full = vae.decode(z)

@@ -20,14 +20,13 @@ import torch
 from wanmoe.errors import CheckpointError
 from wanmoe.loading.sources import TensorSource
 from wanmoe.runtime.quant.gguf_dequant import (
-    FLOAT_TYPES, QUANT_SIZES, SUPPORTED_TYPES, GGUFWeight, dequantize, row_bytes)
+    FLOAT_DTYPES, FLOAT_TYPES, QUANT_SIZES, SUPPORTED_TYPES, GGUFWeight, dequantize, row_bytes)
 
 __all__ = ["GGUFSource", "GGUFWeight", "TensorSpec", "open_gguf", "write_gguf", "write_gguf_specs"]
 
 _INSTALL_HINT = "reading/writing GGUF files needs the `gguf` package: pip install gguf"
 _ORIG_SHAPE_KEY = "comfy.gguf.orig_shape."  # ComfyUI-GGUF's per-tensor shape override
-_TORCH_FLOAT = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-_GGUF_FLOAT = {v: k for k, v in _TORCH_FLOAT.items()}
+_GGUF_FLOAT = {v: k for k, v in FLOAT_DTYPES.items()}  # torch dtype -> GGUF float type
 
 
 def _gguf():
@@ -111,7 +110,8 @@ class GGUFSource(TensorSource):
                 f"{self.path}: not a readable GGUF file (truncated or corrupt header: {e})") from e
         self.metadata = self._read_metadata()
         self._tensors = {t.name: t for t in self._reader.tensors}
-        self._shapes = {n: _torch_shape(self.path, n, t.shape, self.metadata) for n, t in self._tensors.items()}
+        self._shapes = {n: _torch_shape(self.path, n, t.shape, self.metadata)
+                        for n, t in self._tensors.items()}
 
     def _read_metadata(self) -> dict:
         meta = {}
@@ -144,7 +144,7 @@ class GGUFSource(TensorSource):
     def dtype(self, name: str) -> torch.dtype | str:
         """torch dtype for float tensors, else the GGUF type name (e.g. "Q4_K")."""
         qtype = self.qtype(name)
-        return _TORCH_FLOAT.get(qtype, qtype)
+        return FLOAT_DTYPES.get(qtype, qtype)
 
     def nbytes(self, name: str) -> int:
         return int(self._entry(name).n_bytes)
@@ -155,8 +155,7 @@ class GGUFSource(TensorSource):
         qtype, shape = t.tensor_type.name, self._shapes[name]
         raw = torch.from_numpy(np.array(t.data).reshape(-1).view(np.uint8))  # copy off the mmap
         if qtype in FLOAT_TYPES:
-            out = dequantize(raw, qtype, shape, _TORCH_FLOAT[qtype])
-            return out if dtype is None else out.to(dtype)
+            return dequantize(raw, qtype, shape, FLOAT_DTYPES[qtype] if dtype is None else dtype)
         weight = GGUFWeight(raw, qtype, shape)
         return weight if dtype is None else weight.dequantize(dtype)
 

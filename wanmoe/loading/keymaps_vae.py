@@ -103,8 +103,9 @@ def _lookup(name: str, version: str, num_res_blocks: int, stages: int, to_diffus
     o2d, d2o = _tables(version, num_res_blocks, stages)
     table = o2d if to_diffusers else d2o
     if name not in table:
-        layout = "an official Wan" if to_diffusers else "a diffusers AutoencoderKLWan key of the Wan"
-        raise CheckpointError(f"VAE tensor {name!r} is not {layout}{version} VAE key "
+        what = (f"an official Wan{version} VAE key" if to_diffusers
+                else f"a diffusers AutoencoderKLWan key of the Wan{version} VAE")
+        raise CheckpointError(f"VAE tensor {name!r} is not {what} "
                               f"({num_res_blocks} residual blocks per stage, {stages} stages); "
                               f"see wanmoe/loading/keymaps_vae.py for the accepted names")
     return table[name]

@@ -36,7 +36,7 @@ class PromptTokenizer:
         self.eos_id = self._special_id(EOS_TOKEN)
         pad = self.tokenizer.token_to_id(PAD_TOKEN)
         self.pad_id = 0 if pad is None else pad  # official padding id is 0 (`<pad>`)
-        self.suffix = self._special_suffix()
+        self._check_post_processor()
 
     def _special_id(self, token: str) -> int:
         idx = self.tokenizer.token_to_id(token)
@@ -46,14 +46,12 @@ class PromptTokenizer:
                 f"<pad>=0, </s>=1, <unk>=2 (use the google/umt5-xxl tokenizer.json)")
         return idx
 
-    def _special_suffix(self) -> list[int]:
-        """Ids the tokenizer's own post-processor appends; `[</s>]` when it appends nothing."""
+    def _check_post_processor(self) -> None:
+        """The tokenizer's own post-processor may append `</s>` or nothing (we append it ourselves)."""
         plain = self.tokenizer.encode(_PROBE_TEXT, add_special_tokens=False).ids
         full = self.tokenizer.encode(_PROBE_TEXT, add_special_tokens=True).ids
-        if full == plain:
-            return [self.eos_id]  # no post-processor: append EOS ourselves (official adds it)
-        if full[: len(plain)] == plain and full[len(plain):] == [self.eos_id]:
-            return [self.eos_id]
+        if full == plain or (full[: len(plain)] == plain and full[len(plain):] == [self.eos_id]):
+            return
         raise CheckpointError(
             f"tokenizer {self.source} adds special tokens {full} around {plain} for {_PROBE_TEXT!r}; "
             f"the umT5 convention is to append only '</s>' (id {self.eos_id}) and no BOS")
@@ -66,8 +64,7 @@ class PromptTokenizer:
         """Unpadded ids of one prompt: cleaned, cut to `text_len - 1` tokens, EOS appended."""
         text_len = self.text_len if text_len is None else text_len
         ids = self.tokenizer.encode(clean_prompt(text), add_special_tokens=False).ids
-        keep = text_len - len(self.suffix)
-        return ids[:keep] + self.suffix
+        return ids[:text_len - 1] + [self.eos_id]  # always `</s>`, like the official call
 
     def __call__(self, texts: list[str] | str, text_len: int | None = None):
         """Returns `(ids [B, text_len] int64, mask [B, text_len] int64)`."""

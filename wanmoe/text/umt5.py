@@ -4,7 +4,8 @@ T5 encoder, umT5 flavour: a separate relative-position table in every layer, no 
 scaling, no sqrt(d) embedding scaling, gated tanh-GELU FFN, RMSNorm with an fp32 mean. The module
 runs in its parameters' dtype with no autocast: bf16 parameters give the official bf16 semantics
 (spec §5.3), fp32 parameters give exact comparisons. No buffers: it builds cleanly on the meta
-device and the relative-position bucket table is computed per forward.
+device; the relative-position bucket indices are computed once per forward and shared by all
+layers (each layer has its own bias table).
 
 `set_matmul_upcast(True)` (off by default) computes the bf16 matmuls as fp32 GEMMs of the bf16
 values, rounded back to bf16: the semantics of a bf16 GEMM with fp32 accumulation (products of
@@ -151,12 +152,14 @@ class T5Block(nn.Module):
         self.ffn = T5FeedForward(cfg.dim, cfg.dim_ffn)
         self.pos_embedding = T5RelativeEmbedding(cfg.num_buckets, cfg.num_heads)
 
-    def forward(self, x: torch.Tensor, buckets: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """x `[B, L, dim]`; buckets int64 `[L, L]` and masked bool `[B, 1, 1, L]` (padded keys) are
+        computed once per encoder forward and shared by all blocks."""
         b, length, _ = x.shape
-        # official order: zeros in the activation dtype, += position bias, masked keys -> finfo.min
+        # official order: zeros in the activation dtype, += this layer's bias table, masked keys -> finfo.min
         bias = x.new_zeros(b, self.attn.num_heads, length, length)
         bias += self.pos_embedding(buckets).to(x.dtype)
-        bias.masked_fill_(~keep.view(b, 1, 1, length), torch.finfo(x.dtype).min)
+        bias.masked_fill_(masked, torch.finfo(x.dtype).min)
         x = _fp16_clamp(x + self.attn(self.norm1(x), bias))
         return _fp16_clamp(x + self.ffn(self.norm2(x)))
 
@@ -182,11 +185,14 @@ class UMT5Encoder(nn.Module):
         # the official encoder runs before the DiT's autocast region opens: never inherit one
         with torch.autocast(device_type=ids.device.type, enabled=False):
             x = self.token_embedding(ids)  # [B, L, dim]; no sqrt(d) scaling
+            b, length = ids.shape
             keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(x.device) > 0
-            buckets = relative_position_bucket(ids.shape[1], ids.shape[1], self.cfg.num_buckets,
+            masked = ~keep.view(b, 1, 1, length)  # padded keys, shared by every layer
+            # bucket indices once per forward; each layer looks them up in its own table
+            buckets = relative_position_bucket(length, length, self.cfg.num_buckets,
                                                self.cfg.max_distance, device=x.device)
             for block in self.blocks:
-                x = block(x, buckets, keep)
+                x = block(x, buckets, masked)
             return self.norm(x)
 
 

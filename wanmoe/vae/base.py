@@ -20,13 +20,16 @@ from torch import nn
 
 from wanmoe.configs import VAEConfig
 from wanmoe.errors import InputError
+from wanmoe.vae.blocks import CausalConv3d
 from wanmoe.vae.cache import CausalCache
 
 
 class CausalVideoVAE(nn.Module):
-    """Common driver; subclasses build `encoder`, `conv1`, `conv2`, `decoder` with official names."""
+    """Common driver; builds `encoder`, `conv1`, `conv2`, `decoder` (official names and order)."""
 
-    version = ""  # set by subclasses
+    version = ""  # set by subclasses, with the encoder/decoder classes of that version
+    encoder_cls: type[nn.Module]
+    decoder_cls: type[nn.Module]
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -34,13 +37,22 @@ class CausalVideoVAE(nn.Module):
             raise ValueError(f"{type(self).__name__} needs a VAEConfig with version {self.version!r}, "
                              f"got {cfg.version!r}; use wanmoe.vae.build_vae(cfg)")
         self.cfg = cfg
+        z = cfg.z_dim
+        # registration order = state-dict order of the official .pth files
+        self.encoder = self.encoder_cls(cfg.dim, z * 2, cfg.dim_mult, cfg.num_res_blocks,
+                                        cfg.temporal_downsample)
+        self.conv1 = CausalConv3d(z * 2, z * 2, 1)  # quant conv: posterior mean and log-variance
+        self.conv2 = CausalConv3d(z, z, 1)  # post-quant conv
+        self.decoder = self.decoder_cls(cfg.dec_dim, z, cfg.dim_mult, cfg.num_res_blocks,
+                                        cfg.temporal_downsample[::-1])
 
     # -- hooks for the pixel patchify of Wan2.2 (identity for Wan2.1) --------------------------
     def patchify(self, video: torch.Tensor) -> torch.Tensor:
         return video
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+    def unpatchify(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder output -> pixels; written into `out` (same shape as the pixels) when given."""
+        return x if out is None else out.copy_(x)
 
     # -- shapes and validation -------------------------------------------------------------------
     def num_latent_frames(self, frames: int) -> int:
@@ -62,10 +74,19 @@ class CausalVideoVAE(nn.Module):
             raise InputError(f"video size {w}x{h} (WxH) is not a multiple of the VAE stride {sw}; "
                              f"use e.g. {w - w % sw or sw}x{h - h % sh or sh}")
 
-    def _check_latent(self, z: torch.Tensor) -> None:
+    def _check_latent(self, z: torch.Tensor) -> tuple[int, int, int, int, int]:
+        """Validates a decode input; returns the shape of its decoded video `(B, 3, T, H, W)`."""
         if z.dim() != 5 or z.shape[1] != self.cfg.z_dim or z.shape[2] < 1:
             raise InputError(f"VAE decode input has shape {tuple(z.shape)}; expected "
                              f"[B, {self.cfg.z_dim}, F>=1, h, w] for the Wan{self.cfg.version} VAE")
+        b, _, f, h, w = z.shape
+        s = self.cfg.stride[1]
+        return (b, 3, self.num_frames(f), h * s, w * s)
+
+    @staticmethod
+    def _check_out(out: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+        if out is not None and (tuple(out.shape) != shape or out.dtype != torch.float32):
+            raise InputError(f"decode out= tensor is {tuple(out.shape)} {out.dtype}; expected {shape} float32")
 
     # -- latent normalisation (spec §6.4) --------------------------------------------------------
     def latent_scale(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,23 +132,18 @@ class CausalVideoVAE(nn.Module):
     def decode_pixels(self, z: torch.Tensor, out: torch.Tensor | None = None,
                       chunked: bool = True) -> torch.Tensor:
         """Normalised latent -> unclamped float32 pixels [B, 3, T, H, W] (written into `out` if given)."""
-        self._check_latent(z)
+        shape = self._check_latent(z)
+        self._check_out(out, shape)
         x = self.conv2(self.denormalize(z.float()))
-        b, _, f, h, w = x.shape
-        s = self.cfg.stride[1]
-        shape = (b, 3, self.num_frames(f), h * s, w * s)
-        if out is not None and (tuple(out.shape) != shape or out.dtype != torch.float32):
-            raise InputError(f"decode out= tensor is {tuple(out.shape)} {out.dtype}; expected {shape} float32")
         if not chunked:
-            y = self.unpatchify(self.decoder(x, None))
-            return y if out is None else out.copy_(y)
+            return self.unpatchify(self.decoder(x, None), out=out)
         if out is None:
             out = x.new_empty(shape)
         cache = CausalCache()  # decoder memory is bounded by one latent frame plus this history
         t0 = 0
-        for i in range(f):
-            y = self.unpatchify(self.decoder(x[:, :, i:i + 1], cache))  # [B, 3, t_i, H, W]
-            out[:, :, t0:t0 + y.shape[2]] = y
+        for i in range(x.shape[2]):
+            y = self.decoder(x[:, :, i:i + 1], cache)  # [B, C_out, t_i, H/p, W/p] (p: patch, 1 for 2.1)
+            self.unpatchify(y, out=out[:, :, t0:t0 + y.shape[2]])  # straight into out: no per-chunk copy
             t0 += y.shape[2]
             cache.next_chunk()
         assert t0 == shape[2], (t0, shape)

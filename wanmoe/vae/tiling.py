@@ -61,16 +61,11 @@ def ramp_weights(starts: list[int], tile: int, size: int, scale: int) -> list[to
 def tiled_decode_pixels(vae, z: torch.Tensor, spec: TileSpec, out: torch.Tensor | None = None,
                         chunked: bool = True) -> torch.Tensor:
     """Unclamped float32 pixels [B, 3, T, H, W] of `vae.decode_pixels`, computed tile by tile."""
-    vae._check_latent(z)
-    b, _, f, h, w = z.shape
+    shape = vae._check_latent(z)
+    vae._check_out(out, shape)
+    out = torch.zeros(shape, dtype=torch.float32, device=z.device) if out is None else out.zero_()
+    h, w = z.shape[3:]
     s = vae.cfg.stride[1]
-    shape = (b, 3, vae.num_frames(f), h * s, w * s)
-    if out is None:
-        out = torch.zeros(shape, dtype=torch.float32, device=z.device)
-    elif tuple(out.shape) != shape or out.dtype != torch.float32:
-        raise InputError(f"decode out= tensor is {tuple(out.shape)} {out.dtype}; expected {shape} float32")
-    else:
-        out.zero_()
     th, tw, ov = min(spec.tile_latent_h, h), min(spec.tile_latent_w, w), spec.overlap_latent
     ys, xs = tile_starts(h, th, ov), tile_starts(w, tw, ov)
     wy, wx = ramp_weights(ys, th, h, s), ramp_weights(xs, tw, w, s)
@@ -80,6 +75,6 @@ def tiled_decode_pixels(vae, z: torch.Tensor, spec: TileSpec, out: torch.Tensor 
             tile = vae.decode_pixels(z[:, :, :, y0:y0 + th, x0:x0 + tw], chunked=chunked)
             weight = (wyk[:, None] * wxk[None, :]).to(z.device)  # [th*s, tw*s]
             rows, cols = slice(y0 * s, (y0 + th) * s), slice(x0 * s, (x0 + tw) * s)
-            out[:, :, :, rows, cols] += tile * weight
+            out[:, :, :, rows, cols] += tile.mul_(weight)  # tile is a fresh buffer: weight it in place
             wsum[rows, cols] += weight
     return out.div_(wsum)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wanmoe.configs import VAEConfig
 from wanmoe.vae.base import CausalVideoVAE
 from wanmoe.vae.blocks import (AttentionBlock, CausalConv3d, ResidualBlock, Resample, RMSNorm, SiLU,
                                run_causal)
@@ -82,12 +81,5 @@ class WanVAE21(CausalVideoVAE):
     """Wan2.1 causal video VAE: encoder, conv1 (quant), conv2 (post-quant), decoder."""
 
     version = "2.1"
-
-    def __init__(self, cfg: VAEConfig):
-        super().__init__(cfg)
-        z = cfg.z_dim
-        self.encoder = Encoder21(cfg.dim, z * 2, cfg.dim_mult, cfg.num_res_blocks, cfg.temporal_downsample)
-        self.conv1 = CausalConv3d(z * 2, z * 2, 1)
-        self.conv2 = CausalConv3d(z, z, 1)
-        self.decoder = Decoder21(cfg.dec_dim, z, cfg.dim_mult, cfg.num_res_blocks,
-                                 cfg.temporal_downsample[::-1])
+    encoder_cls = Encoder21
+    decoder_cls = Decoder21

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wanmoe.configs import VAEConfig
 from wanmoe.vae.base import CausalVideoVAE
 from wanmoe.vae.blocks import AvgDown3D, CausalConv3d, DupUp3D, ResidualBlock, Resample, run_causal
 from wanmoe.vae.cache import CausalCache
@@ -25,10 +24,13 @@ def patchify(x: torch.Tensor, p: int = PATCH) -> torch.Tensor:
     return x.reshape(b, c * p * p, t, h // p, w // p)
 
 
-def unpatchify(x: torch.Tensor, p: int = PATCH) -> torch.Tensor:
-    """Exact inverse of `patchify`."""
+def unpatchify(x: torch.Tensor, p: int = PATCH, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact inverse of `patchify`; written into `out` ([B, C, T, H, W], any time stride) when given."""
     b, cpp, t, h, w = x.shape
     x = x.reshape(b, cpp // (p * p), p, p, t, h, w).permute(0, 1, 4, 5, 3, 6, 2)  # [B, C, T, h, q, w, r]
+    if out is not None:  # H and W of a frame are contiguous in out, so they split into a view
+        out.view(b, cpp // (p * p), t, h, p, w, p).copy_(x)
+        return out
     return x.reshape(b, cpp // (p * p), t, h * p, w * p)
 
 
@@ -121,21 +123,14 @@ class Decoder22(nn.Module):
 
 
 class WanVAE22(CausalVideoVAE):
-    """Wan2.2 causal video VAE (encoder width `dim`, decoder width `dec_dim`)."""
+    """Wan2.2 causal video VAE (encoder width `dim`, decoder width `dec_dim`) with a 2x2 patchify."""
 
     version = "2.2"
-
-    def __init__(self, cfg: VAEConfig):
-        super().__init__(cfg)
-        z = cfg.z_dim
-        self.encoder = Encoder22(cfg.dim, z * 2, cfg.dim_mult, cfg.num_res_blocks, cfg.temporal_downsample)
-        self.conv1 = CausalConv3d(z * 2, z * 2, 1)
-        self.conv2 = CausalConv3d(z, z, 1)
-        self.decoder = Decoder22(cfg.dec_dim, z, cfg.dim_mult, cfg.num_res_blocks,
-                                 cfg.temporal_downsample[::-1])
+    encoder_cls = Encoder22
+    decoder_cls = Decoder22
 
     def patchify(self, video: torch.Tensor) -> torch.Tensor:
         return patchify(video)
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        return unpatchify(x)
+    def unpatchify(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return unpatchify(x, out=out)

@@ -17,7 +17,8 @@ from torch import nn
 from wanmoe.errors import CheckpointError, InputError
 from wanmoe.loading.sources import TensorSource
 from wanmoe.runtime.quant.gguf_dequant import GGUFWeight
-from wanmoe.runtime.quant.linear import DequantWorkspace, FP8Linear, GGUFLinear, Int8Linear
+from wanmoe.runtime.quant.linear import DequantWorkspace, FP8Linear, GGUFLinear, Int8Linear, _QuantLinear
+from wanmoe.runtime.quant.quantize import quantize_fp8, quantize_int8
 
 MODES = ("bf16", "fp8", "int8", "keep")
 # Official names of the block linears that are quantised (module paths, no ".weight").
@@ -31,10 +32,23 @@ class FP8Weight:
     weight: torch.Tensor
     scale: torch.Tensor
 
+    def to(self, device) -> "FP8Weight":
+        return FP8Weight(self.weight.to(device), self.scale.to(device))
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """w = weight * scale in float32 (ComfyUI's rule), one rounding into `dtype`."""
+        return (self.weight.float() * self.scale.reshape(-1, 1)).to(dtype)
+
 
 def is_block_linear(module_name: str) -> bool:
     """True for the module paths `quantize_model` swaps (e.g. `blocks.3.ffn.2`)."""
     return BLOCK_LINEAR_RE.match(module_name) is not None
+
+
+def is_block_weight(name: str, shape) -> bool:
+    """True for the 2-D `.weight` tensors of the block linears (e.g. `blocks.3.ffn.2.weight`)."""
+    module, _, leaf = name.rpartition(".")
+    return leaf == "weight" and len(shape) == 2 and is_block_linear(module)
 
 
 def block_linears(model: nn.Module):
@@ -66,9 +80,6 @@ def quantize_model(model: nn.Module, mode: str, use_scaled_mm: bool = False) -> 
     keep: leave everything as loaded. Layers that are already quantised (e.g. GGUF weights kept
     by `install_quantized`) are dequantised one layer at a time and converted.
     """
-    from wanmoe.runtime.quant.linear import _QuantLinear
-    from wanmoe.runtime.quant.quantize import quantize_fp8, quantize_int8
-
     if mode not in MODES:
         raise InputError(f"weights mode {mode!r} is not one of {', '.join(MODES)}")
     if mode == "keep":
@@ -97,7 +108,7 @@ def make_installer(workspace: DequantWorkspace | None = None, device=None,
     """An `install_quantized(module, name, value)` callback for `stream_load`.
 
     Default (`--weights keep`): quantised weights stay quantised (GGUFLinear / FP8Linear), all
-    sharing `workspace`. `dequantize_to=<compute dtype>` (`--weights bf16` etc.): each weight is
+    sharing `workspace` (None: each call dequantises into a fresh tensor). `dequantize_to=<compute dtype>` (`--weights bf16` etc.): each weight is
     dequantised at load into `model.storage_dtype(name, compute dtype)` and stays an nn.Linear.
     """
 
@@ -129,19 +140,24 @@ def install_quantized(module: nn.Module, name: str, value, workspace: DequantWor
     except AttributeError:
         raise CheckpointError(f"tensor {name!r} has no matching module in {type(module).__name__}") from None
     if leaf == "weight" and isinstance(owner, nn.Linear):
-        bias = owner.bias
+        _check_value(name, value)
+        shape = value.shape if isinstance(value, GGUFWeight) else tuple(value.weight.shape)
+        _check_shape(name, shape, (owner.out_features, owner.in_features))
+        if device is not None:
+            value = value.to(device)
         if isinstance(value, GGUFWeight):
-            _check_shape(name, value.shape, (owner.out_features, owner.in_features))
-            new = GGUFLinear(value.to(device) if device is not None else value, bias, workspace)
-        elif isinstance(value, FP8Weight):
-            _check_shape(name, tuple(value.weight.shape), (owner.out_features, owner.in_features))
-            w, s = (value.weight, value.scale) if device is None else (value.weight.to(device), value.scale.to(device))
-            new = FP8Linear(w, s, bias)
+            new = GGUFLinear(value, owner.bias, workspace)
         else:
-            raise TypeError(f"install_quantized: unsupported value type {type(value).__name__} for {name}")
+            new = FP8Linear(value.weight, value.scale, owner.bias, workspace=workspace)
         _set_module(module, owner_name, new)
         return
     _install_dense(owner, name, leaf, value, device)
+
+
+def _check_value(name: str, value) -> None:
+    if not isinstance(value, (GGUFWeight, FP8Weight)):
+        raise TypeError(f"install_quantized: {name!r} is a {type(value).__name__}; "
+                        "it takes GGUFWeight or FP8Weight values")
 
 
 def _install_dense(owner: nn.Module, name: str, leaf: str, value, device, dtype=None) -> None:
@@ -150,12 +166,8 @@ def _install_dense(owner: nn.Module, name: str, leaf: str, value, device, dtype=
         raise CheckpointError(f"tensor {name!r} does not match a parameter of the model")
     if dtype is None:
         dtype = target.dtype if target.is_floating_point() else torch.float32
-    if isinstance(value, GGUFWeight):
-        dense = value.dequantize(dtype)
-    elif isinstance(value, FP8Weight):
-        dense = (value.weight.float() * value.scale.reshape(-1, 1)).to(dtype)  # 2-D weights only
-    else:
-        raise TypeError(f"install_quantized: unsupported value type {type(value).__name__} for {name}")
+    _check_value(name, value)
+    dense = value.dequantize(dtype)
     _check_shape(name, tuple(dense.shape), tuple(target.shape))
     if device is not None:
         dense = dense.to(device)
@@ -225,7 +237,7 @@ class KeepScaledFP8Source(TensorSource):
         w = self.inner.get(name)
         scale = self.inner.get(scale_name).float().reshape(-1, 1).expand(w.shape[0], 1).contiguous()
         fp8 = FP8Weight(w, scale)
-        return fp8 if dtype is None else (w.float() * scale).to(dtype)
+        return fp8 if dtype is None else fp8.dequantize(dtype)
 
     def nbytes(self, name):
         return self.inner.nbytes(name)

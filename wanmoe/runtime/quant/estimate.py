@@ -22,15 +22,13 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from wanmoe.errors import InputError
-from wanmoe.runtime.quant.apply import is_block_linear
+from wanmoe.runtime.quant.apply import is_block_weight
 from wanmoe.runtime.quant.gguf_dequant import QUANT_SIZES
 
 FORMATS = ("fp32", "bf16", "fp8", "int8", "Q8_0", "Q6_K", "Q4_K_M")
 GGUF_FORMATS = ("Q8_0", "Q6_K", "Q4_K_M")
 _BYTES = {"F32": 4, "F16": 2, "BF16": 2, "FP8": 1, "I8": 1}
 _TORCH_TYPE = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
-_NONBLOCK_QUANT_EXCLUDED = ("modulation", "patch_embedding.", "text_embedding.", "time_projection.",
-                            "time_embedding.", "img_emb.", "head.")
 
 
 def dit_entries(dims: Mapping) -> list[tuple[str, tuple[int, ...]]]:
@@ -74,11 +72,6 @@ def _check(fmt: str) -> None:
         raise InputError(f"weight format {fmt!r} is not one of {', '.join(FORMATS)}")
 
 
-def _block_weight(name: str) -> bool:
-    module, _, leaf = name.rpartition(".")
-    return leaf == "weight" and is_block_linear(module)
-
-
 def _quant_type(name: str, fmt: str) -> str:
     """Storage type of a block-linear weight in `fmt`."""
     if fmt == "Q4_K_M":
@@ -86,7 +79,9 @@ def _quant_type(name: str, fmt: str) -> str:
     return {"fp32": "F32", "bf16": "BF16", "fp8": "FP8", "int8": "I8"}.get(fmt, fmt)
 
 
-def _gguf_float_type(name: str, shape: tuple[int, ...], nonblock: str) -> str:
+def gguf_float_type(name: str, shape: tuple[int, ...], nonblock: str) -> str:
+    """GGUF type of an unquantised tensor: F32 for 1-D / <= 1024-element / modulation / 5-D
+    tensors (city96 `convert.py`), else `nonblock` (the intermediate file's float type)."""
     if len(shape) != 2 or math.prod(shape) <= 1024 or "modulation" in name:
         return "F32"
     return nonblock
@@ -104,12 +99,12 @@ def tensor_types(entries, fmt: str, where: str = "file", nonblock: str = "F16",
     _check(fmt)
     out = {}
     for name, shape in _entries(entries):
-        if _block_weight(name) and len(shape) == 2:
+        if is_block_weight(name, shape):
             out[name] = _quant_type(name, fmt)
         elif fmt == "fp32":
             out[name] = "F32"
         elif fmt in GGUF_FORMATS and where == "file":
-            out[name] = _gguf_float_type(name, shape, nonblock)
+            out[name] = gguf_float_type(name, shape, nonblock)
         else:
             out[name] = _storage_type(name, compute_dtype)
     return out

@@ -8,6 +8,7 @@ as the `gguf` package's numpy reference, so the results are bit-identical to
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,11 +22,14 @@ QUANT_SIZES: dict[str, tuple[int, int]] = {
     "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176),
     "Q6_K": (256, 210),
 }
-FLOAT_TYPES = ("F32", "F16", "BF16")
+FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+FLOAT_TYPES = tuple(FLOAT_DTYPES)
 
 
-def _shifts(values, device, shape) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.uint8, device=device).view(shape)
+def _shifts(step: int, count: int, device, shape) -> torch.Tensor:
+    """Shift amounts 0, step, ..., as uint8 `shape`; made with arange, so on a GPU it is a
+    kernel launch rather than a blocking host-to-device copy of a Python list."""
+    return torch.arange(0, step * count, step, dtype=torch.uint8, device=device).view(shape)
 
 
 def _f16(b: torch.Tensor) -> torch.Tensor:
@@ -35,27 +39,40 @@ def _f16(b: torch.Tensor) -> torch.Tensor:
 
 def _nibbles(qs: torch.Tensor, n: int, width: int) -> torch.Tensor:
     """Bytes `[n, k*width]` -> 4-bit values `[n, k, 2, width]` (low nibbles first, as ggml)."""
-    q = qs.reshape(n, -1, 1, width) >> _shifts([0, 4], qs.device, (1, 1, 2, 1))
-    return q & 0x0F
+    return (qs.reshape(n, -1, 1, width) >> _shifts(4, 2, qs.device, (1, 1, 2, 1))) & 0x0F
+
+
+def _crumbs(qs: torch.Tensor, n: int, width: int) -> torch.Tensor:
+    """Bytes `[n, k*width]` -> 2-bit values `[n, k, 4, width]` (lowest bits first, as ggml)."""
+    return (qs.reshape(n, -1, 1, width) >> _shifts(2, 4, qs.device, (1, 1, 4, 1))) & 3
 
 
 def _bits(qh: torch.Tensor, n: int, width: int) -> torch.Tensor:
     """Bit planes: bytes `[n, width]` -> `[n, 8, width]` with plane i = bit i of each byte."""
-    return (qh.reshape(n, 1, width) >> _shifts(list(range(8)), qh.device, (1, 8, 1))) & 1
+    return (qh.reshape(n, 1, width) >> _shifts(1, 8, qh.device, (1, 8, 1))) & 1
 
 
-def _q4_0(b):
+def _into(out: torch.Tensor | None, shape) -> torch.Tensor | None:
+    """`out` (a contiguous `[n, block_size]` buffer) viewed as a block function's result shape."""
+    return None if out is None else out.view(shape)
+
+
+# Block functions: raw blocks `[n, type_size]` uint8 -> float32 values. The last operation
+# writes into `out` when given (math in float32, one rounding into out's dtype on the store:
+# the same values as computing float32 and casting afterwards).
+
+def _q4_0(b, out=None):
     n = b.shape[0]
     d, qs = _f16(b[:, :2]), b[:, 2:]
     q = _nibbles(qs, n, 16).reshape(n, 32).to(torch.int8) - 8
-    return d * q.float()
+    return torch.mul(d, q.float(), out=out)
 
 
-def _q4_1(b):
+def _q4_1(b, out=None):
     n = b.shape[0]
     d, m, qs = _f16(b[:, :2]), _f16(b[:, 2:4]), b[:, 4:]
     q = _nibbles(qs, n, 16).reshape(n, 32).float()
-    return d * q + m
+    return torch.add(d * q, m, out=out)
 
 
 def _q5_low_high(qh, qs, n):
@@ -65,91 +82,84 @@ def _q5_low_high(qh, qs, n):
     return low | (high << 4)
 
 
-def _q5_0(b):
+def _q5_0(b, out=None):
     n = b.shape[0]
     d = _f16(b[:, :2])
     q = _q5_low_high(b[:, 2:6], b[:, 6:], n).to(torch.int8) - 16
-    return d * q.float()
+    return torch.mul(d, q.float(), out=out)
 
 
-def _q5_1(b):
+def _q5_1(b, out=None):
     n = b.shape[0]
     d, m = _f16(b[:, :2]), _f16(b[:, 2:4])
     q = _q5_low_high(b[:, 4:8], b[:, 8:], n).float()
-    return d * q + m
+    return torch.add(d * q, m, out=out)
 
 
-def _q8_0(b):
+def _q8_0(b, out=None):
     d = _f16(b[:, :2])
     q = b[:, 2:].contiguous().view(torch.int8).float()
-    return q * d
+    return torch.mul(q, d, out=out)
 
 
-def _q2_k(b):
+def _q2_k(b, out=None):
     n = b.shape[0]
     scales, qs = b[:, :16], b[:, 16:80]
     d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
     dl = (d * (scales & 0x0F).float()).reshape(n, 16, 1)
     ml = (dmin * (scales >> 4).float()).reshape(n, 16, 1)
-    q = (qs.reshape(n, -1, 1, 32) >> _shifts([0, 2, 4, 6], b.device, (1, 1, 4, 1))) & 3
-    q = q.reshape(n, 16, 16).float()
-    return (dl * q - ml).reshape(n, QK_K)
+    q = _crumbs(qs, n, 32).reshape(n, 16, 16).float()
+    return torch.sub(dl * q, ml, out=_into(out, q.shape)).reshape(n, QK_K)
 
 
-def _q3_k(b):
+def _q3_k(b, out=None):
     n = b.shape[0]
     hmask, qs, sc, d = b[:, :32], b[:, 32:96], b[:, 96:108], _f16(b[:, 108:110])
     # 16 6-bit scales: low 4 bits from bytes 0..7 (two nibbles each), high 2 bits from 8..11.
-    low = (sc[:, :8].reshape(n, 1, 8) >> _shifts([0, 4], b.device, (1, 2, 1))).reshape(n, 16)
-    high = (sc[:, 8:].reshape(n, 1, 4) >> _shifts([0, 2, 4, 6], b.device, (1, 4, 1))).reshape(n, 16)
-    scales = ((low & 0x0F) | ((high & 0x03) << 4)).to(torch.int8) - 32
+    low, high = _nibbles(sc[:, :8], n, 8).reshape(n, 16), _crumbs(sc[:, 8:], n, 4).reshape(n, 16)
+    scales = (low | (high << 4)).to(torch.int8) - 32
     dl = (d * scales.float()).reshape(n, 16, 1)
-    ql = (qs.reshape(n, -1, 1, 32) >> _shifts([0, 2, 4, 6], b.device, (1, 1, 4, 1))) & 3
     qh = _bits(hmask, n, 32) ^ 1  # a set mask bit means "no -4 offset"
-    q = ql.reshape(n, 16, 16).to(torch.int8) - (qh.reshape(n, 16, 16) << 2).to(torch.int8)
-    return (dl * q.float()).reshape(n, QK_K)
+    q = _crumbs(qs, n, 32).reshape(n, 16, 16).to(torch.int8) - (qh.reshape(n, 16, 16) << 2).to(torch.int8)
+    return torch.mul(dl, q.float(), out=_into(out, q.shape)).reshape(n, QK_K)
 
 
-def _k_scale_min(scales: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 12-byte packed 6-bit (scale, min) pairs of Q4_K/Q5_K -> two `[n, 8]` uint8."""
-    s = scales.reshape(n, 3, 4)
-    d, m, md = s[:, 0], s[:, 1], s[:, 2]
-    sc = torch.cat([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], dim=-1)
-    mn = torch.cat([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], dim=-1)
-    return sc, mn
-
-
-def _q4_k(b):
-    n = b.shape[0]
+def _k_scales(b: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K block head (fp16 d, fp16 dmin, 12 bytes of packed 6-bit scale/min pairs)
+    -> per-sub-block scale and min terms, float32 `[n, 8, 1]` each."""
     d, dmin = _f16(b[:, :2]), _f16(b[:, 2:4])
-    sc, mn = _k_scale_min(b[:, 4:16], n)
-    dl = (d * sc.float()).reshape(n, 8, 1)
-    ml = (dmin * mn.float()).reshape(n, 8, 1)
+    s = b[:, 4:16].reshape(n, 3, 4)
+    lo, mid, hi = s[:, 0], s[:, 1], s[:, 2]
+    sc = torch.cat([lo & 0x3F, (hi & 0x0F) | ((lo >> 2) & 0x30)], dim=-1)  # [n, 8]
+    mn = torch.cat([mid & 0x3F, (hi >> 4) | ((mid >> 2) & 0x30)], dim=-1)
+    return (d * sc.float()).reshape(n, 8, 1), (dmin * mn.float()).reshape(n, 8, 1)
+
+
+def _q4_k(b, out=None):
+    n = b.shape[0]
+    dl, ml = _k_scales(b, n)
     q = _nibbles(b[:, 16:], n, 32).reshape(n, 8, 32).float()
-    return (dl * q - ml).reshape(n, QK_K)
+    return torch.sub(dl * q, ml, out=_into(out, q.shape)).reshape(n, QK_K)
 
 
-def _q5_k(b):
+def _q5_k(b, out=None):
     n = b.shape[0]
-    d, dmin = _f16(b[:, :2]), _f16(b[:, 2:4])
-    sc, mn = _k_scale_min(b[:, 4:16], n)
-    dl = (d * sc.float()).reshape(n, 8, 1)
-    ml = (dmin * mn.float()).reshape(n, 8, 1)
+    dl, ml = _k_scales(b, n)
     ql = _nibbles(b[:, 48:], n, 32).reshape(n, 8, 32)
     qh = _bits(b[:, 16:48], n, 32)  # [n, 8, 32]: plane i is the 5th bit of sub-block i
     q = (ql | (qh << 4)).float()
-    return (dl * q - ml).reshape(n, QK_K)
+    return torch.sub(dl * q, ml, out=_into(out, q.shape)).reshape(n, QK_K)
 
 
-def _q6_k(b):
+def _q6_k(b, out=None):
     n = b.shape[0]
     ql, qh = b[:, :128], b[:, 128:192]
     scales = b[:, 192:208].contiguous().view(torch.int8).float()
     d = (_f16(b[:, 208:210]) * scales).reshape(n, 16, 1)
     low = _nibbles(ql, n, 64).reshape(n, 8, 32)
-    high = (qh.reshape(n, -1, 1, 32) >> _shifts([0, 2, 4, 6], b.device, (1, 1, 4, 1))) & 3
-    q = (low | (high.reshape(n, 8, 32) << 4)).to(torch.int8) - 32
-    return (d * q.reshape(n, 16, 16).float()).reshape(n, QK_K)
+    high = _crumbs(qh, n, 32).reshape(n, 8, 32)
+    q = ((low | (high << 4)).to(torch.int8) - 32).reshape(n, 16, 16)
+    return torch.mul(d, q.float(), out=_into(out, q.shape)).reshape(n, QK_K)
 
 
 _BLOCK_FNS = {
@@ -163,24 +173,25 @@ def dequantize(raw: torch.Tensor, qtype: str, shape, dtype: torch.dtype = torch.
                out: torch.Tensor | None = None) -> torch.Tensor:
     """Raw GGUF bytes (uint8, any shape, row-major) -> tensor of torch `shape` in `dtype`.
 
-    `out`, when given, receives the result (a reused buffer of `shape`, any float dtype).
+    `out`, when given, receives the result (a reused buffer of `shape`, any float dtype; its
+    dtype wins over `dtype`). A contiguous `out` is written by the last block operation
+    directly, without a float32 copy of the whole weight.
     """
     if qtype not in SUPPORTED_TYPES:
         raise ValueError(f"GGUF type {qtype!r} is not supported; supported: {SUPPORTED_TYPES}")
+    if out is not None and tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out buffer has shape {tuple(out.shape)}, the weight is {tuple(shape)}")
     raw = raw.reshape(-1)
-    if qtype == "F32":
-        vals = raw.view(torch.float32)
-    elif qtype == "F16":
-        vals = raw.view(torch.float16)
-    elif qtype == "BF16":
-        vals = raw.view(torch.bfloat16)
+    if qtype in FLOAT_DTYPES:
+        vals = raw.view(FLOAT_DTYPES[qtype]).reshape(shape)
     else:
-        _, type_size = QUANT_SIZES[qtype]
-        vals = _BLOCK_FNS[qtype](raw.view(-1, type_size))  # [n_blocks, block_size] float32
-    vals = vals.reshape(shape)
-    if out is None:
-        return vals.to(dtype)
-    return out.copy_(vals)
+        block, type_size = QUANT_SIZES[qtype]
+        blocks = raw.view(-1, type_size)  # [n_blocks, type_size]
+        if out is not None and out.is_contiguous():
+            _BLOCK_FNS[qtype](blocks, out.view(-1, block))
+            return out
+        vals = _BLOCK_FNS[qtype](blocks).reshape(shape)  # float32
+    return vals.to(dtype) if out is None else out.copy_(vals)
 
 
 def row_bytes(qtype: str, row_len: int) -> int:
@@ -201,9 +212,7 @@ class GGUFWeight:
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
-        rows = 1
-        for s in self.shape[:-1]:
-            rows *= s
+        rows = math.prod(self.shape[:-1])
         expect = rows * row_bytes(self.qtype, self.shape[-1])
         if self.data.dtype != torch.uint8 or self.data.numel() != expect:
             raise ValueError(f"{self.qtype} weight of shape {self.shape} needs {expect} uint8 bytes, "

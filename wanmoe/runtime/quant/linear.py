@@ -3,7 +3,9 @@
 Each module keeps its weight quantised (on host and GPU) and dequantises it into the input's
 dtype just before the matmul, so it follows the DiT's compute dtype (bf16 or fp32) exactly as
 an `nn.Linear` would. Every module has a reference twin, `reference_forward` (plain
-dequantise-then-`F.linear`, fresh tensors, no fast path); tests compare the two.
+dequantise-then-`F.linear`, fresh tensors, no fast path); tests compare the two. The fast
+path: layers given a `DequantWorkspace` dequantise into a buffer shared by all layers of the
+same weight shape instead of allocating a weight-sized tensor per call.
 """
 
 from __future__ import annotations
@@ -17,23 +19,29 @@ from wanmoe.runtime.quant.quantize import FP8_MAX, quantize_fp8, quantize_int8
 
 
 class DequantWorkspace:
-    """Reusable dequantisation buffers, one per (device, dtype, shape), shared by many layers.
+    """Reusable dequantisation buffers, one per weight shape, shared by many layers.
 
     Layers run one after another, so all layers of one weight shape can share a single buffer:
     a 40-block A14B expert then needs two or three weight-sized buffers instead of 400 copies.
+    Buffers are kept for one (device, dtype) at a time: asking for another one (the model was
+    moved, or the compute dtype changed) frees the old buffers instead of keeping both sets.
     Only for inference: a layer does not use it when autograd needs the weight afterwards.
     Use one workspace per CUDA stream that runs layers (buffers are reused in stream order).
     """
 
     def __init__(self) -> None:
         self._buffers: dict[tuple, torch.Tensor] = {}
+        self._placement: tuple[torch.device, torch.dtype] | None = None
 
     def buffer(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        key = (torch.device(device), dtype, tuple(shape))
-        buf = self._buffers.get(key)
+        placement = (torch.device(device), dtype)
+        if placement != self._placement:
+            self._buffers.clear()
+            self._placement = placement
+        shape = tuple(shape)
+        buf = self._buffers.get(shape)
         if buf is None:
-            buf = torch.empty(shape, dtype=dtype, device=device)
-            self._buffers[key] = buf
+            buf = self._buffers[shape] = torch.empty(shape, dtype=dtype, device=device)
         return buf
 
     @property
@@ -42,26 +50,38 @@ class DequantWorkspace:
 
     def clear(self) -> None:
         self._buffers.clear()
+        self._placement = None
 
 
 class _QuantLinear(nn.Module):
-    """Shared parts: bias handling, forward via `dequantized(dtype, ...)`, the reference twin."""
+    """Shared parts: bias handling, forward via `dequantized(dtype, out)`, the reference twin."""
 
-    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None,
+                 workspace: DequantWorkspace | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         if bias is not None and not isinstance(bias, nn.Parameter):
             bias = nn.Parameter(bias, requires_grad=False)
         self.bias = bias  # kept as given (fp32 in the official layout), cast at use like nn.Linear
+        self.workspace = workspace  # None: a fresh weight tensor per call (the fast-path switch)
 
     def dequantized(self, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The `[out, in]` weight in `dtype` (or written into `out`, whose dtype wins)."""
         raise NotImplementedError
 
     def _bias(self, dtype):
         return None if self.bias is None else self.bias.to(dtype)
 
+    def _buffer(self, x: torch.Tensor) -> torch.Tensor | None:
+        # A shared buffer is overwritten by the next layer: not usable when autograd saves the
+        # weight for the backward pass (grad of x needs it).
+        if self.workspace is None or (torch.is_grad_enabled() and x.requires_grad):
+            return None
+        return self.workspace.buffer((self.out_features, self.in_features), x.dtype, x.device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized(x.dtype), self._bias(x.dtype))
+        w = self.dequantized(x.dtype, out=self._buffer(x))
+        return F.linear(x, w, self._bias(x.dtype))
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reference twin: dequantise to float32, cast to the input dtype, plain F.linear."""
@@ -79,10 +99,9 @@ class GGUFLinear(_QuantLinear):
     def __init__(self, weight: GGUFWeight, bias: torch.Tensor | None = None,
                  workspace: DequantWorkspace | None = None) -> None:
         out_f, in_f = weight.shape
-        super().__init__(in_f, out_f, bias)
+        super().__init__(in_f, out_f, bias, workspace)
         self.qtype = weight.qtype
         self.register_buffer("qweight", weight.data, persistent=False)  # uint8 [out, row_bytes]
-        self.workspace = workspace  # None: a fresh tensor per call (the switch for the fast path)
 
     @property
     def gguf_weight(self) -> GGUFWeight:
@@ -91,18 +110,34 @@ class GGUFLinear(_QuantLinear):
     def dequantized(self, dtype, out=None):
         return dequantize(self.qweight, self.qtype, (self.out_features, self.in_features), dtype, out=out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = None
-        if self.workspace is not None and not (torch.is_grad_enabled() and x.requires_grad):
-            out = self.workspace.buffer((self.out_features, self.in_features), x.dtype, x.device)
-        w = self.dequantized(x.dtype, out=out)
-        return F.linear(x, w, self._bias(x.dtype))
-
     def extra_repr(self) -> str:
         return super().extra_repr() + f", qtype={self.qtype}"
 
 
-class FP8Linear(_QuantLinear):
+class _ChannelLinear(_QuantLinear):
+    """Weight `q` in a one-byte dtype with a float32 scale per output channel: w = q * scale."""
+
+    weight_dtype: torch.dtype
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
+                 workspace: DequantWorkspace | None = None) -> None:
+        out_f, in_f = weight.shape
+        super().__init__(in_f, out_f, bias, workspace)
+        if weight.dtype != self.weight_dtype or scale.numel() != out_f:
+            raise ValueError(f"{type(self).__name__} needs a {self.weight_dtype} [out, in] weight and an "
+                             f"[out, 1] scale, got {weight.dtype} {tuple(weight.shape)} and {tuple(scale.shape)}")
+        # Same names and shapes as our fp8 safetensors layout: X.weight, X.weight_scale [out, 1].
+        self.register_buffer("weight", weight)
+        self.register_buffer("weight_scale", scale.float().reshape(out_f, 1))
+
+    def dequantized(self, dtype, out=None):
+        w = self.weight.float()  # [out, in]; the product is one float32 rounding into `dtype`
+        if out is not None:
+            return torch.mul(w, self.weight_scale, out=out)
+        return (w * self.weight_scale).to(dtype)
+
+
+class FP8Linear(_ChannelLinear):
     """float8_e4m3fn weight with a float32 scale per output channel (w = q * scale).
 
     Default: weight-only (dequantise, then a matmul in the input dtype) on any device.
@@ -110,26 +145,18 @@ class FP8Linear(_QuantLinear):
     (compute capability >= 8.9), the input scaled to fp8 per tensor; elsewhere it falls back.
     """
 
+    weight_dtype = torch.float8_e4m3fn
+
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
-                 use_scaled_mm: bool = False) -> None:
-        out_f, in_f = weight.shape
-        super().__init__(in_f, out_f, bias)
-        if weight.dtype != torch.float8_e4m3fn or scale.numel() != out_f:
-            raise ValueError(f"FP8Linear needs a float8_e4m3fn [out, in] weight and an [out, 1] scale, "
-                             f"got {weight.dtype} {tuple(weight.shape)} and {tuple(scale.shape)}")
-        # Same names and shapes as our fp8 safetensors layout: X.weight, X.weight_scale [out, 1].
-        self.register_buffer("weight", weight)
-        self.register_buffer("weight_scale", scale.float().reshape(out_f, 1))
+                 use_scaled_mm: bool = False, workspace: DequantWorkspace | None = None) -> None:
+        super().__init__(weight, scale, bias, workspace)
         self.use_scaled_mm = use_scaled_mm
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, use_scaled_mm: bool = False) -> "FP8Linear":
+    def from_linear(cls, linear: nn.Linear, use_scaled_mm: bool = False,
+                    workspace: DequantWorkspace | None = None) -> "FP8Linear":
         q, scale = quantize_fp8(linear.weight)
-        return cls(q, scale, linear.bias, use_scaled_mm)
-
-    def dequantized(self, dtype, out=None):
-        w = self.weight.float() * self.weight_scale  # [out, in] fp32; one rounding into `dtype`
-        return w.to(dtype) if out is None else out.copy_(w)
+        return cls(q, scale, linear.bias, use_scaled_mm, workspace)
 
     def _scaled_mm_ok(self, x: torch.Tensor) -> bool:
         if not (self.use_scaled_mm and x.is_cuda and x.dtype == torch.bfloat16):  # row-wise scaling: bf16 out
@@ -152,23 +179,12 @@ class FP8Linear(_QuantLinear):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-class Int8Linear(_QuantLinear):
+class Int8Linear(_ChannelLinear):
     """int8 weight with a float32 scale per output channel (weight-only: dequantise, matmul)."""
 
-    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        out_f, in_f = weight.shape
-        super().__init__(in_f, out_f, bias)
-        if weight.dtype != torch.int8 or scale.numel() != out_f:
-            raise ValueError(f"Int8Linear needs an int8 [out, in] weight and an [out, 1] scale, "
-                             f"got {weight.dtype} {tuple(weight.shape)} and {tuple(scale.shape)}")
-        self.register_buffer("weight", weight)
-        self.register_buffer("weight_scale", scale.float().reshape(out_f, 1))
+    weight_dtype = torch.int8
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+    def from_linear(cls, linear: nn.Linear, workspace: DequantWorkspace | None = None) -> "Int8Linear":
         q, scale = quantize_int8(linear.weight)
-        return cls(q, scale, linear.bias)
-
-    def dequantized(self, dtype, out=None):
-        w = self.weight.float() * self.weight_scale  # [out, in] fp32
-        return w.to(dtype) if out is None else out.copy_(w)
+        return cls(q, scale, linear.bias, workspace)
