@@ -3,9 +3,9 @@
 1. Quality: a tiny random WanDiT (dim 256, ffn 512) in bf16 compute; relative L2 error of the
    output of each weight format vs the same model with unquantised weights (bf16 compute).
 2. Speed: one linear at A14B shapes (5120x5120 q/k/v/o, 13824x5120 ffn.0) on a few hundred
-   tokens: bf16 F.linear (baseline) vs GGUF Q8_0 / Q6_K / Q4_K (dequantise into a reused
-   workspace buffer + matmul), fp8 and int8 weight-only; median times and ratio candidate /
-   baseline from the same run. On CUDA too when available (plus fp8 `_scaled_mm`).
+   tokens: bf16 F.linear (baseline) vs GGUF Q8_0 / Q6_K / Q4_K, fp8 and int8 weight-only (each
+   dequantises into a reused workspace buffer, then a matmul); median times and ratio
+   candidate / baseline from the same run. On CUDA too when available (plus fp8 `_scaled_mm`).
 
 Usage (repo root): PYTHONPATH=. python benchmarks/bench_quant.py [--tokens 256] [--reps 5]
        [--device cpu|cuda] [--act-dtype bf16|fp32] [--skip-quality] [--skip-speed]
@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from wanmoe.configs import DiTConfig
 from wanmoe.models.dit import WanDiT
 from wanmoe.runtime.quant.apply import block_linears, install_quantized, quantize_model
+from wanmoe.runtime.quant.estimate import block_weight_type
 from wanmoe.runtime.quant.linear import DequantWorkspace, FP8Linear, GGUFLinear, Int8Linear
-from wanmoe.runtime.quant.quantize import quantize_gguf
+from wanmoe.runtime.quant.quantize import quantize_fp8, quantize_gguf, quantize_int8
 
 TINY = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=4, in_dim=16, out_dim=16,
                  freq_dim=256, text_dim=256, text_len=32)
@@ -63,9 +64,7 @@ def _gguf_model(qtype: str) -> WanDiT:
     m = _tiny_model()
     ws = DequantWorkspace()
     for name, lin in list(block_linears(m)):
-        q = qtype
-        if qtype == "Q4_K_M":  # formats.md §4: v and ffn.2 Q6_K, the rest Q4_K
-            q = "Q6_K" if (name.endswith(".v") or name.endswith("ffn.2")) else "Q4_K"
+        q = block_weight_type(name + ".weight", qtype)  # Q4_K_M: v and ffn.2 Q6_K (formats.md §4)
         install_quantized(m, name + ".weight", quantize_gguf(lin.weight, q), workspace=ws)
     return m
 
@@ -92,19 +91,13 @@ def quality_table(device: torch.device) -> list[str]:
 
 
 def _candidates(w: torch.Tensor, device: torch.device) -> dict:
-    ws = DequantWorkspace()
+    ws = DequantWorkspace()  # every candidate dequantises into the same reused buffer
     mods = {f"GGUF {q}": GGUFLinear(quantize_gguf(w, q), None, ws) for q in ("Q8_0", "Q6_K", "Q4_K")}
-    mods["fp8 weight-only"] = _channel(FP8Linear, w)
-    mods["int8 weight-only"] = _channel(Int8Linear, w)
+    mods["fp8 weight-only"] = FP8Linear(*quantize_fp8(w), workspace=ws)
+    mods["int8 weight-only"] = Int8Linear(*quantize_int8(w), workspace=ws)
     if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9):
-        mods["fp8 _scaled_mm"] = _channel(FP8Linear, w, use_scaled_mm=True)
+        mods["fp8 _scaled_mm"] = FP8Linear(*quantize_fp8(w), use_scaled_mm=True)
     return {k: m.to(device) for k, m in mods.items()}
-
-
-def _channel(cls, w: torch.Tensor, **kw):
-    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
-    lin.weight.data = w
-    return cls.from_linear(lin, **kw)
 
 
 @torch.no_grad()

@@ -11,7 +11,8 @@ Targets (official tensor names in every output):
   tensors unquantised (F16, or F32 with --gguf-nonblock f32; BF16 sources stay BF16).
 Any layout the loader reads (official, prefixed, diffusers, ComfyUI fp8_scaled, GGUF) can be
 the source. Tensors are converted and written one at a time (peak memory: one tensor), into a
-temporary file that is renamed when complete.
+temporary file that is renamed when complete; the experts of a folder are renamed into place
+only once all of them have converted.
 """
 
 from __future__ import annotations

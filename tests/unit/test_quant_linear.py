@@ -48,6 +48,29 @@ def test_workspace_shares_one_buffer_per_shape():
     assert torch.equal(ya, a.reference_forward(x)) and torch.equal(yb, b.reference_forward(x))
 
 
+@pytest.mark.parametrize("cls", [FP8Linear, Int8Linear])
+def test_channel_linears_use_the_workspace(cls):
+    ws = DequantWorkspace()
+    m = cls.from_linear(_lin(), workspace=ws)
+    x = torch.randn(3, 256).bfloat16()
+    with torch.no_grad():
+        y = m(x)
+    assert ws.nbytes == 64 * 256 * 2 and torch.equal(y, m.reference_forward(x))
+
+
+def test_workspace_keeps_one_device_and_dtype():
+    # Moving a model or changing its compute dtype must not keep the old buffers alive.
+    ws = DequantWorkspace()
+    a = ws.buffer((64, 256), torch.float32, torch.device("cpu"))
+    assert ws.buffer((64, 256), torch.float32, "cpu") is a
+    ws.buffer((32, 256), torch.float32, "cpu")
+    assert ws.nbytes == (64 + 32) * 256 * 4
+    b = ws.buffer((64, 256), torch.bfloat16, "cpu")
+    assert b.dtype == torch.bfloat16 and ws.nbytes == 64 * 256 * 2  # the float32 set is freed
+    ws.clear()
+    assert ws.nbytes == 0
+
+
 def test_gguf_linear_with_autograd_does_not_share_the_buffer():
     ws = DequantWorkspace()
     m = GGUFLinear(quantize_gguf(_lin().weight, "Q8_0"), None, ws)
@@ -68,6 +91,19 @@ def test_channel_linears_equal_reference_twin(cls, dtype):
         w = (m.weight.float() * m.weight_scale).to(dtype)  # independent formula: q * scale
         assert y.dtype == dtype and torch.equal(y, m.reference_forward(x))
         assert torch.equal(y, F.linear(x, w, lin.bias.to(dtype)))
+
+
+@pytest.mark.parametrize("make", [lambda lin: GGUFLinear(quantize_gguf(lin.weight, "Q4_K"), lin.bias, DequantWorkspace()),
+                                  FP8Linear.from_linear, Int8Linear.from_linear])
+def test_non_contiguous_input_and_bias_dtype(make):
+    lin = _lin()
+    lin.bias.data = lin.bias.data.bfloat16()  # a bf16-stored bias under fp32 compute is cast like nn.Linear's
+    m = make(lin)
+    x = torch.randn(256, 6)
+    with torch.no_grad():
+        y = m(x.t())  # [6, 256] strided view (vs a contiguous copy BLAS may round differently)
+        assert y.dtype == torch.float32 and torch.equal(y, m.reference_forward(x.t()))
+        assert torch.equal(y, F.linear(x.t(), m.dequantized(torch.float32), lin.bias.float()))
 
 
 def test_fp8_state_dict_uses_file_layout():

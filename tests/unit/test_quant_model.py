@@ -42,6 +42,28 @@ def reference():
         return source_model()(X, T, CTX)
 
 
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Files written once per module: `files("src")` (SD as safetensors), `files("bf16")` /
+    `files("fp8")` (`wanmoe convert` of it), `files(<GGUF mix>)` (SD with quantised block linears)."""
+    from wanmoe.loading.gguf import write_gguf
+
+    root, made = tmp_path_factory.mktemp("quant_model"), {}
+
+    def get(kind: str):
+        if kind not in made:
+            if kind == "src":
+                save_file(SD, str(root / "src.safetensors"))
+                made[kind] = root / "src.safetensors"
+            elif kind in ("bf16", "fp8"):
+                made[kind] = convert_expert(get("src"), root / f"{kind}.safetensors", kind)
+            else:
+                made[kind] = write_gguf(root / f"{kind}.gguf", gguf_tensors(SD, kind))
+        return made[kind]
+
+    return get
+
+
 def run(model):
     with torch.no_grad():
         return model(X, T, CTX)
@@ -62,9 +84,8 @@ def weight_error(model) -> float:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bf16_file_reproduces_bf16_run_exactly(tmp_path, reference, dtype):
-    save_file(SD, str(tmp_path / "src.safetensors"))
-    out = convert_expert(tmp_path / "src.safetensors", tmp_path / "bf16.safetensors", "bf16")
+def test_bf16_file_reproduces_bf16_run_exactly(files, reference, dtype):
+    out = files("bf16")
     y = run(load_dit(out, CFG, dtype))
     if dtype == torch.bfloat16:  # storage dtypes keep the official bf16 semantics bit-exact
         assert torch.equal(y, run(source_model(torch.bfloat16)))
@@ -84,9 +105,8 @@ def test_channel_modes(reference, mode, cls, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fp8_file_loads_to_the_same_model(tmp_path, dtype):
-    save_file(SD, str(tmp_path / "src.safetensors"))
-    out = convert_expert(tmp_path / "src.safetensors", tmp_path / "fp8.safetensors", "fp8")
+def test_fp8_file_loads_to_the_same_model(files, dtype):
+    out = files("fp8")
     dense = load_dit(out, CFG, dtype)  # scales applied at load (ScaledFp8Source)
     # Our fp8 file stores the unquantised bf16-region tensors (biases, embeddings) in bf16.
     quantised = {n + ".weight" for n, _ in block_linears(source_model())}
@@ -96,16 +116,10 @@ def test_fp8_file_loads_to_the_same_model(tmp_path, dtype):
     assert torch.equal(run(dense), run(swapped))
 
 
-def _gguf_file(tmp_path, mix):
-    from wanmoe.loading.gguf import write_gguf
-
-    return write_gguf(tmp_path / f"{mix}.gguf", gguf_tensors(SD, mix))
-
-
 @pytest.mark.parametrize("mix,dtype", [("Q8_0", torch.float32), ("Q8_0", torch.bfloat16),
                                        ("Q6_K", torch.float32), ("Q4_K_M", torch.bfloat16)])
-def test_gguf_keep_and_dequantised(tmp_path, reference, mix, dtype):
-    path = _gguf_file(tmp_path, mix)
+def test_gguf_keep_and_dequantised(files, reference, mix, dtype):
+    path = files(mix)
     ws = DequantWorkspace()
     kept = load_dit(path, CFG, dtype, install_quantized=make_installer(ws))
     assert all(isinstance(m, GGUFLinear) for _, m in block_linears(kept))
@@ -161,12 +175,11 @@ def test_quantize_model_converts_kept_gguf_layers(mode):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fp8_file_kept_in_fp8(tmp_path, dtype):
+def test_fp8_file_kept_in_fp8(files, dtype):
     from wanmoe.loading.sources import open_tensors
     from wanmoe.runtime.quant.apply import KeepScaledFP8Source
 
-    save_file(SD, str(tmp_path / "src.safetensors"))
-    out = convert_expert(tmp_path / "src.safetensors", tmp_path / "fp8.safetensors", "fp8")
+    out = files("fp8")
     kept = load_dit(KeepScaledFP8Source(open_tensors(out)), CFG, dtype, key_map=lambda n: n,
                     install_quantized=make_installer())
     assert all(isinstance(m, FP8Linear) for _, m in block_linears(kept))

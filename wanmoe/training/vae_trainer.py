@@ -30,6 +30,7 @@ class VAETrainConfig:
     frames: int = 5
     lr: float = 2e-3
     latent_l2: float = 1e-4
+    colour_weight: float = 0.0  # L1 on 8x8-pooled colours (speeds up learning flat colours)
     latent_noise: float = 0.0  # noise (x per-channel std) on the latent mean before decoding
     seed: int = 0
     log_every: int = 10
@@ -95,7 +96,11 @@ def vae_loss(vae, x: torch.Tensor, tc: VAETrainConfig) -> tuple[torch.Tensor, di
     l1 = (w * (y - x).abs()).mean() / w.mean()
     mse = (w * (y - x).square()).mean() / w.mean()
     reg = mu.square().mean()
-    return l1 + mse + tc.latent_l2 * reg, {"l1": l1.item(), "mse": mse.item(), "mu2": reg.item()}
+    loss = l1 + mse + tc.latent_l2 * reg
+    if tc.colour_weight:
+        pool = torch.nn.functional.avg_pool3d
+        loss = loss + tc.colour_weight * (pool(y, (1, 8, 8)) - pool(x, (1, 8, 8))).abs().mean()
+    return loss, {"l1": l1.item(), "mse": mse.item(), "mu2": reg.item()}
 
 
 def train_vae(cfg: VAEConfig, out_dir: Path, tc: VAETrainConfig) -> Path:

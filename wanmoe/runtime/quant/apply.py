@@ -85,6 +85,7 @@ def quantize_model(model: nn.Module, mode: str, use_scaled_mm: bool = False) -> 
     if mode == "keep":
         return model
     for name, module in list(block_linears(model)):
+        workspace = getattr(module, "workspace", None)  # a converted layer keeps sharing buffers
         if isinstance(module, _QuantLinear):
             weight = module.dequantized(torch.float32)  # one layer at a time
         elif isinstance(module, nn.Linear):
@@ -97,9 +98,9 @@ def quantize_model(model: nn.Module, mode: str, use_scaled_mm: bool = False) -> 
             else:
                 _set_module(model, name, _dense_linear(weight.to(torch.bfloat16), module.bias))
         elif mode == "fp8":
-            _set_module(model, name, FP8Linear(*quantize_fp8(weight), module.bias, use_scaled_mm))
+            _set_module(model, name, FP8Linear(*quantize_fp8(weight), module.bias, use_scaled_mm, workspace))
         else:
-            _set_module(model, name, Int8Linear(*quantize_int8(weight), module.bias))
+            _set_module(model, name, Int8Linear(*quantize_int8(weight), module.bias, workspace))
     return model
 
 
@@ -108,8 +109,9 @@ def make_installer(workspace: DequantWorkspace | None = None, device=None,
     """An `install_quantized(module, name, value)` callback for `stream_load`.
 
     Default (`--weights keep`): quantised weights stay quantised (GGUFLinear / FP8Linear), all
-    sharing `workspace` (None: each call dequantises into a fresh tensor). `dequantize_to=<compute dtype>` (`--weights bf16` etc.): each weight is
-    dequantised at load into `model.storage_dtype(name, compute dtype)` and stays an nn.Linear.
+    sharing `workspace` (None: each call dequantises into a fresh tensor).
+    `dequantize_to=<compute dtype>` (`--weights bf16` etc.): each weight is dequantised at load
+    into `model.storage_dtype(name, compute dtype)` and stays an nn.Linear.
     """
 
     def install(module: nn.Module, name: str, value) -> None:

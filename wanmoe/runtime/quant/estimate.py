@@ -72,8 +72,8 @@ def _check(fmt: str) -> None:
         raise InputError(f"weight format {fmt!r} is not one of {', '.join(FORMATS)}")
 
 
-def _quant_type(name: str, fmt: str) -> str:
-    """Storage type of a block-linear weight in `fmt`."""
+def block_weight_type(name: str, fmt: str) -> str:
+    """Storage type of a block-linear weight in `fmt` (Q4_K_M: v and ffn.2 Q6_K, the rest Q4_K)."""
     if fmt == "Q4_K_M":
         return "Q6_K" if (".v." in name or name.endswith("ffn.2.weight")) else "Q4_K"
     return {"fp32": "F32", "bf16": "BF16", "fp8": "FP8", "int8": "I8"}.get(fmt, fmt)
@@ -100,7 +100,7 @@ def tensor_types(entries, fmt: str, where: str = "file", nonblock: str = "F16",
     out = {}
     for name, shape in _entries(entries):
         if is_block_weight(name, shape):
-            out[name] = _quant_type(name, fmt)
+            out[name] = block_weight_type(name, fmt)
         elif fmt == "fp32":
             out[name] = "F32"
         elif fmt in GGUF_FORMATS and where == "file":

@@ -13,7 +13,6 @@ import torch
 from wanmoe.runtime.quant.gguf_dequant import QK_K, GGUFWeight
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
-GGUF_QUANTIZERS = ("Q8_0", "Q4_K", "Q6_K")
 
 
 def _rows_blocks(w: torch.Tensor, block: int, qtype: str) -> torch.Tensor:
@@ -98,31 +97,34 @@ def quantize_q6_k(w: torch.Tensor) -> GGUFWeight:
     return GGUFWeight(blocks, "Q6_K", tuple(w.shape))
 
 
+_GGUF_FNS = {"Q8_0": quantize_q8_0, "Q4_K": quantize_q4_k, "Q6_K": quantize_q6_k}
+GGUF_QUANTIZERS = tuple(_GGUF_FNS)
+
+
 def quantize_gguf(w: torch.Tensor, qtype: str) -> GGUFWeight:
     """Dispatch to our GGUF quantiser for `qtype` (one of GGUF_QUANTIZERS)."""
-    fns = {"Q8_0": quantize_q8_0, "Q4_K": quantize_q4_k, "Q6_K": quantize_q6_k}
-    if qtype not in fns:
+    if qtype not in _GGUF_FNS:
         raise ValueError(f"no quantiser for GGUF type {qtype!r}; ours: {GGUF_QUANTIZERS}")
-    return fns[qtype](w)
+    return _GGUF_FNS[qtype](w)
 
 
-def _row_absmax(w: torch.Tensor) -> torch.Tensor:
+def _channel_scale(w: torch.Tensor, qmax: float) -> torch.Tensor:
+    """Per-output-channel scale absmax / qmax, float32 `[out, 1]` (1 for all-zero rows)."""
     if w.dim() != 2:
         raise ValueError(f"per-channel quantisation needs a 2-D weight, got shape {tuple(w.shape)}")
-    return w.detach().float().abs().amax(dim=1)  # [out]
+    scale = (w.detach().float().abs().amax(dim=1) / qmax)[:, None]
+    return torch.where(scale == 0, torch.ones_like(scale), scale)
 
 
 def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """2-D weight -> (float8_e4m3fn weight, float32 scale [out, 1]); w ~ q * scale."""
-    scale = (_row_absmax(w) / FP8_MAX)[:, None]
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    scale = _channel_scale(w, FP8_MAX)
     q = (w.detach().float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return q, scale
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """2-D weight -> (int8 weight in -127..127, float32 scale [out, 1]); w ~ q * scale."""
-    scale = (_row_absmax(w) / 127)[:, None]
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    scale = _channel_scale(w, 127)
     q = torch.round(w.detach().float() / scale).clamp(-127, 127).to(torch.int8)
     return q, scale
