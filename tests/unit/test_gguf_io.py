@@ -80,13 +80,21 @@ def test_truncated_file_names_file_and_tensor(tmp_path):
         open_gguf(path)
 
 
-def _write_raw(path, name, qtype, shape, nbytes):
+def _write_with_gguf(path, tensors, arrays=None):
+    """A file written by the gguf package's own writer: tensors [(name, array, raw_dtype)]."""
     w = gguf.GGUFWriter(str(path), "wan")
-    w.add_tensor(name, np.zeros((shape[0], nbytes // shape[0]), np.uint8), raw_dtype=qtype)
+    for key, values in (arrays or {}).items():
+        w.add_array(key, values)
+    for name, array, raw_dtype in tensors:
+        w.add_tensor(name, array, raw_dtype=raw_dtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def _write_raw(path, name, qtype, shape, nbytes):
+    _write_with_gguf(path, [(name, np.zeros((shape[0], nbytes // shape[0]), np.uint8), qtype)])
 
 
 def test_unsupported_quant_type_is_named(tmp_path):
@@ -127,13 +135,9 @@ def test_write_is_atomic_on_failure(tmp_path):
 
 def test_gguf_orig_shape_metadata(tmp_path):
     # ComfyUI-GGUF records shapes ggml cannot hold under comfy.gguf.orig_shape.<name>.
-    w = gguf.GGUFWriter(str(tmp_path / "o.gguf"), "wan")
-    w.add_array("comfy.gguf.orig_shape.patch_embedding.weight", [8, 4, 1, 2, 2])
-    w.add_tensor("patch_embedding.weight", torch.arange(128.0).numpy().reshape(8, 16))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    flat = torch.arange(128.0).numpy().reshape(8, 16)
+    _write_with_gguf(tmp_path / "o.gguf", [("patch_embedding.weight", flat, None)],
+                     {"comfy.gguf.orig_shape.patch_embedding.weight": [8, 4, 1, 2, 2]})
     src = open_gguf(tmp_path / "o.gguf")
     assert src.shape("patch_embedding.weight") == (8, 4, 1, 2, 2)
     assert torch.equal(src.get("patch_embedding.weight"), torch.arange(128.0).reshape(8, 4, 1, 2, 2))

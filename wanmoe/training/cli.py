@@ -21,9 +21,9 @@ def _common(p) -> None:
 
 
 def _dit_args(p) -> None:
-    p.add_argument("--dit-steps", type=int, default=1600, help="total optimiser steps, all experts")
+    p.add_argument("--dit-steps", type=int, default=1000, help="total optimiser steps, all experts")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--clips", type=int, default=1200, help="training clips to encode")
+    p.add_argument("--clips", type=int, default=600, help="training clips to encode")
     p.add_argument("--mode", choices=("moe", "dense"), default="moe")
 
 
@@ -33,7 +33,7 @@ def register_cli(subparsers) -> None:
     stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
     v = stages.add_parser("vae", help="train the demo VAE and measure its latent statistics")
     _common(v)
-    v.add_argument("--vae-steps", type=int, default=600)
+    v.add_argument("--vae-steps", type=int, default=900)
     d = stages.add_parser("dit", help="train the DiT expert(s) (needs `train vae`)")
     _common(d)
     _dit_args(d)
@@ -41,7 +41,7 @@ def register_cli(subparsers) -> None:
     a = stages.add_parser("all", help="everything from scratch, then export")
     _common(a)
     _dit_args(a)
-    a.add_argument("--vae-steps", type=int, default=600)
+    a.add_argument("--vae-steps", type=int, default=900)
     a.add_argument("--export", default=None,
                    help="model folder to write (default: the package's demo assets)")
     b = stages.add_parser("ablation", help="two experts vs one dense DiT, same optimiser steps")
@@ -70,7 +70,7 @@ def run(args) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.stage in ("vae", "all"):
-        D.stage_vae(work, VAETrainConfig(steps=args.vae_steps, seed=args.seed))
+        D.stage_vae(work, VAETrainConfig(steps=args.vae_steps, batch=8, seed=args.seed))
     if args.stage == "vae":
         return 0
     from wanmoe.demo.preset import DEMO

@@ -1,9 +1,9 @@
 """GGUF block dequantisation in plain PyTorch (vectorised, any device).
 
-Block layouts follow ggml (`ggml-common.h`); every function takes raw blocks `[n, type_size]`
-uint8 and returns float32 `[n, block_size]`. The arithmetic is done in float32 in the same order
-as the `gguf` package's numpy reference, so the results are bit-identical to
-`gguf.quants.dequantize` (tests/unit/test_quant_dequant.py checks every type).
+Block layouts follow ggml (`ggml-common.h`); every block function takes raw blocks
+`[n, type_size]` uint8 and returns float32 `[n, block_size]` (or fills `out`). The arithmetic
+is done in float32 in the same order as the `gguf` package's numpy reference, so the results
+are bit-identical to `gguf.quants.dequantize` (tests/unit/test_quant_dequant.py checks every type).
 """
 
 from __future__ import annotations
