@@ -87,6 +87,8 @@ def expert_paths(src: Path) -> dict[str, Path]:
     pairs = {"high_noise": "high_noise_model", "low_noise": "low_noise_model"}
     if (src / "model_index.json").is_file():
         pairs = {"high_noise": "transformer", "low_noise": "transformer_2"}
+        if not (src / "transformer_2").is_dir():  # a dense model (TI2V-5B): one transformer
+            pairs = {"dense": "transformer"}
     found = {e: src / d for e, d in pairs.items() if (src / d).is_dir()}
     return found or {_stem(src): src}
 
