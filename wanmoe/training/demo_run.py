@@ -19,7 +19,7 @@ from wanmoe.demo.clips import held_out_scenes, training_scenes
 from wanmoe.demo.preset import demo_preset, demo_vae_config
 from wanmoe.training.common import load_state, save_state
 from wanmoe.training.dit_trainer import DiTRun, DiTTrainConfig, build_latents, validation_loss
-from wanmoe.training.vae_trainer import VAETrainConfig, latent_stats, train_vae
+from wanmoe.training.vae_trainer import VAETrainConfig, finetune_decoder, latent_stats, train_vae
 
 N_VAL = 48  # held-out clips for the validation loss
 
@@ -32,11 +32,12 @@ def _timed(work: Path, stage: str, seconds: float) -> None:
     path.write_text(json.dumps(t, indent=1) + "\n")
 
 
-def stage_vae(work: Path, tc: VAETrainConfig, stats_clips: int = 96) -> Path:
+def stage_vae(work: Path, tc: VAETrainConfig, stats_clips: int = 96, decoder_steps: int = 250) -> Path:
     """Train the VAE, then store its EMA weights with per-channel latent statistics.
 
-    Two phases: 7/9 of the steps on 32x32 crops (batch 8, cheap), the rest on 64x64 crops
-    (batch 4) so flat areas larger than the small crops (whole backgrounds) come out clean.
+    Phases: 7/9 of the steps on 32x32 crops (batch 8, cheap), the rest on 64x64 crops (batch 4)
+    so flat areas larger than the small crops (whole backgrounds) come out clean; then
+    `decoder_steps` decoder-only steps on 9-frame 64x64 windows with a colour term.
     """
     from dataclasses import replace
 
@@ -49,6 +50,11 @@ def stage_vae(work: Path, tc: VAETrainConfig, stats_clips: int = 96) -> Path:
     vae = build_vae(demo_vae_config())
     vae.load_state_dict(load_state(state)["ema"])
     mean, std = latent_stats(vae, training_scenes(stats_clips, seed=7))
+    vae = build_vae(demo_vae_config(tuple(mean), tuple(std)))
+    vae.load_state_dict(load_state(state)["ema"])
+    if decoder_steps:  # encoder frozen: the latent space (and these stats) stay as measured
+        finetune_decoder(vae, work, replace(tc, steps=decoder_steps, batch=3, crop=64, frames=9,
+                                            lr=0.5 * tc.lr, colour_weight=2.0))
     final = work / "vae_final.pt"
     save_state(final, {"model": vae.state_dict(), "mean": mean, "std": std})
     _timed(work, "vae", time.perf_counter() - t0)

@@ -157,3 +157,38 @@ def latent_stats(vae, scenes, batch: int = 4) -> tuple[list[float], list[float]]
         mus.append(mu.transpose(0, 1).reshape(mu.shape[1], -1))  # [z, N]
     m = torch.cat(mus, 1)
     return m.mean(1).tolist(), m.std(1).tolist()
+
+
+def finetune_decoder(vae, out_dir: Path, tc: VAETrainConfig) -> None:
+    """Train only the decoder side (conv2 + decoder) with the encoder frozen.
+
+    The latent space does not move, so latents already encoded for the DiT stay valid; used for
+    a last phase on longer windows (9 frames = 3 latent frames) where colour is weighted more.
+    """
+    from wanmoe.vae.blocks import use_reference_kernels
+
+    use_reference_kernels(vae, True)
+    params = list(vae.decoder.parameters()) + list(vae.conv2.parameters())
+    vae.encoder.requires_grad_(False)
+    vae.conv1.requires_grad_(False)
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    ema = EMA(vae, decay=0.98)
+    rng = random.Random(tc.seed * 31 + 7)
+    log = LossLog(out_dir / "vae_decoder_loss.jsonl")
+    bar = progress(tc.steps, 0, "vae-decoder")
+    for step in range(tc.steps):
+        x = sample_crops(rng, tc.batch, tc.crop, tc.frames)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, tc.lr, 10, tc.steps)
+        loss, parts = vae_loss(vae, x, tc)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(vae, step)
+        bar.update(1)
+        if (step + 1) % tc.log_every == 0:
+            log.write(step + 1, loss=loss.item(), **parts)
+    bar.close()
+    vae.load_state_dict(ema.state_dict())
+    vae.requires_grad_(True)
