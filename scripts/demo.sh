@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 prompt="${1:-a red circle moves to the right on a dark blue background}"
 shift || true
-python3 -m wanmoe generate "$prompt" --out demo.mp4 --device cpu "$@"
+python3 -m wanmoe generate "$prompt" --out demo.mp4 --save-strip demo.png --device cpu "$@"

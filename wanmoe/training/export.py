@@ -14,6 +14,7 @@ def _save(sd: dict, path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.detach().float().contiguous() for k, v in sd.items()}, str(path))
+    path.chmod(0o644)  # package data: world-readable like the rest of the install
 
 
 def write_folder(out: Path, preset: ModelPreset, experts: dict[str, dict], text_sd: dict,
