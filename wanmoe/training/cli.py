@@ -21,7 +21,7 @@ def _common(p) -> None:
 
 
 def _dit_args(p) -> None:
-    p.add_argument("--dit-steps", type=int, default=1000, help="total optimiser steps, all experts")
+    p.add_argument("--dit-steps", type=int, default=2600, help="total optimiser steps, all experts")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--clips", type=int, default=600, help="training clips to encode")
     p.add_argument("--mode", choices=("moe", "dense"), default="moe")
