@@ -54,3 +54,12 @@ def test_cli_generate_without_checkpoint_writes_mp4(tmp_path):
     with av.open(str(out)) as f:
         frames = [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
     assert len(frames) == 17 and frames[0].shape == (128, 128, 3)
+
+
+def test_prompt_longer_than_the_demo_text_len_is_truncated_not_refused(pipe):
+    """The demo's text_len is 32 (its preset), not the 512 its encoder's shapes would suggest."""
+    long_prompt = " ".join(["a red circle moves to the right on a dark blue background"] * 6)
+    ids = pipe.text_encoder.tokenizer.token_ids(long_prompt)
+    assert len(ids) == pipe.preset.t5.text_len == 32  # cut to text_len - 1 tokens + EOS
+    res = pipe.generate(long_prompt, seed=0, steps=2, progress=False)
+    assert res.frames.shape == (17, 128, 128, 3)

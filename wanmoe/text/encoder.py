@@ -42,7 +42,11 @@ class TextEncoder:
 
     @property
     def text_len(self) -> int:
-        return self.model.cfg.text_len
+        """Padded prompt length: the tokenizer's (set from the model preset, e.g. 512 for umT5-XXL).
+
+        The encoder's own config cannot know it: dims inferred from tensor shapes carry no length.
+        """
+        return self.tokenizer.text_len
 
     @torch.no_grad()
     def encode(self, prompts: list[str] | str) -> list[torch.Tensor]:
