@@ -100,6 +100,14 @@ def test_dit_file_given_as_vae(a14b, tmp_path):
     assert "dit.safetensors" in msg and "(dit," in msg and "given as the vae" in msg and "expected a Wan VAE" in msg
 
 
+def test_t5_file_given_as_vae(a14b):
+    t5 = a14b / "models_t5_umt5-xxl-enc-bf16.pth"
+    with pytest.raises(CheckpointError) as e:
+        resolve_checkpoint(a14b, vae=t5)
+    msg = str(e.value)
+    assert "models_t5_umt5-xxl-enc-bf16.pth" in msg and "given as the vae" in msg and "expected a Wan VAE" in msg
+
+
 def test_vae_given_as_text_encoder(a14b):
     with pytest.raises(CheckpointError, match=r"Wan2\.1_VAE\.pth is Wan2\.1 VAE .*text encoder"):
         resolve_checkpoint(a14b, text_encoder=a14b / "Wan2.1_VAE.pth")
