@@ -278,11 +278,42 @@ def _load_expert(spec, name: str, device: torch.device, dtype: torch.dtype, weig
     from .loading.components import load_dit
     from .runtime.quant.apply import make_installer, quantize_model
 
-    model = load_dit(spec.experts[name], spec.preset.dit, compute_dtype=dtype, device=device,
-                     install_quantized=make_installer(workspace, device=device))
+    source, key_map = spec.experts[name], None
+    if weights == "keep":
+        source, key_map = _kept_source(source)
+    try:
+        model = load_dit(source, spec.preset.dit, compute_dtype=dtype, device=device,
+                         key_map=key_map, install_quantized=make_installer(workspace, device=device))
+    finally:
+        if source is not spec.experts[name]:
+            source.close()
     if weights in ("bf16", "fp8", "int8"):
         model = quantize_model(model, weights)
     return model.set_compute_dtype(dtype).eval()
+
+
+def _kept_source(path):
+    """`--weights keep`: a scaled-fp8 file is opened so its fp8 weights stay fp8 (FP8Linear).
+
+    Other files are returned as the path: GGUF stays quantised anyway, float files load at the
+    storage dtypes the compute dtype needs. Returns (source or path, key map or None).
+    """
+    from .loading.detect import detect_source
+    from .loading.fp8_scaled import needs_scaling
+    from .loading.keymaps import key_map_for
+    from .loading.sources import open_tensors
+    from .runtime.quant.apply import KeepScaledFP8Source
+
+    inner = open_tensors(path)
+    if not needs_scaling(inner):
+        inner.close()
+        return path, None
+    try:
+        det = detect_source(inner)
+        return KeepScaledFP8Source(inner), key_map_for(det, inner.keys())
+    except BaseException:
+        inner.close()
+        raise
 
 
 def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, vae=None,

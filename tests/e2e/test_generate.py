@@ -125,6 +125,27 @@ def test_gguf_experts_with_official_components(a14b_dir, tmp_path):
     assert 0 < rel < 0.02, rel
 
 
+def test_weights_keep_keeps_scaled_fp8_experts_in_fp8(a14b_dir, tmp_path):
+    # scaled-fp8 experts (`wanmoe convert --to fp8`): by default the scales are applied at load
+    # (dequantised weights); with --weights keep the block linears stay fp8 (FP8Linear), and the
+    # same fp8 values x scales give the same video up to the order of the scale multiplication.
+    from wanmoe.pipeline import load_pipeline
+    from wanmoe.runtime.quant.linear import FP8Linear
+
+    for role in ("high", "low"):
+        assert cli.main(["convert", str(a14b_dir / f"{role}_noise_model"), "--to", "fp8",
+                         "--out", str(tmp_path / f"{role}.safetensors")]) == 0
+    files = dict(high=tmp_path / "high.safetensors", low=tmp_path / "low.safetensors")
+    kept = load_pipeline(a14b_dir, device="cpu", weights="keep", **files)
+    deq = load_pipeline(a14b_dir, device="cpu", **files)
+    n_fp8 = sum(isinstance(m, FP8Linear) for m in kept.experts["high_noise"].modules())
+    assert n_fp8 > 0 and not any(isinstance(m, FP8Linear) for m in deq.experts["high_noise"].modules())
+    args = dict(size="64*64", frames=5, steps=2, seed=3, progress=False)
+    a, b = kept.generate("a red ball", **args).latents, deq.generate("a red ball", **args).latents
+    rel = ((a - b).norm() / b.norm()).item()
+    assert rel < 1e-4, rel  # fp32 compute: weight*scale rounding order only
+
+
 def test_no_checkpoint_uses_the_demo_folder(a14b_dir, tmp_path, monkeypatch):
     # With no --ckpt-dir the built-in demo folder (wanmoe-native layout) is used; here a tiny
     # wanmoe folder with the same tensors stands in for it, so the latents must be identical.
