@@ -59,6 +59,9 @@ def _add_generate(sub) -> None:
     r.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU")
     r.add_argument("--batched-cfg", action="store_true",
                    help="run the conditional and unconditional passes as one batch of 2")
+    r.add_argument("--vae-tile", metavar="H,W,OVERLAP",
+                   help="decode in spatial tiles of HxW latent pixels overlapping by OVERLAP "
+                        "(less VAE memory at 720P; e.g. 45,80,8); default: untiled")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     o = p.add_argument_group("output")
     o.add_argument("--out", default="out.mp4", help="MP4 file to write (default: out.mp4)")
@@ -94,12 +97,13 @@ def _check_out(path: str | None, suffix: str, flag: str) -> Path | None:
 
 def _cmd_generate(args) -> int:
     from . import pipeline as P
-    from .validate import check_weights, parse_device, parse_dtype, settings_for
+    from .validate import check_weights, parse_device, parse_dtype, parse_vae_tile, settings_for
 
     prompt = _prompt(args)
     device = parse_device(args.device)
     dtype = parse_dtype(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
     check_weights(args.weights)
+    tiling = parse_vae_tile(args.vae_tile)
     out = _check_out(args.out, ".mp4", "--out")
     latents_path = _check_out(args.save_latents, ".safetensors", "--save-latents")
     strip_path = _check_out(args.save_strip, ".png", "--save-strip")
@@ -117,7 +121,8 @@ def _cmd_generate(args) -> int:
     pipe = P.load_pipeline(spec=spec, device=device, dtype=dtype, weights=args.weights,
                            offload=args.offload, text_encoder_device="cpu" if args.t5_cpu else None)
     result = pipe.generate(prompt, args.negative_prompt, settings=settings,
-                           batched_cfg=args.batched_cfg, progress=not args.quiet)
+                           batched_cfg=args.batched_cfg, progress=not args.quiet,
+                           vae_tiling=tiling)
     t0 = time.perf_counter()
     from .video import save_latents, save_png_strip, write_mp4
 

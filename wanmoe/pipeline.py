@@ -185,16 +185,17 @@ class WanPipeline:
         return x, bar.experts
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """[C, F, h, w] -> uint8 [T, H, W, 3]."""
-        video = self.vae.decode(latents[None].to(self.device, torch.float32))  # [1, 3, T, H, W]
+    def decode(self, latents: torch.Tensor, tiling=None) -> torch.Tensor:
+        """[C, F, h, w] -> uint8 [T, H, W, 3]; `tiling`: an optional `vae.tiling.TileSpec`."""
+        video = self.vae.decode(latents[None].to(self.device, torch.float32),
+                                tiling=tiling)  # [1, 3, T, H, W]
         return frames_to_uint8(video[0])
 
     # ---- the whole run ---------------------------------------------------------------------
     def generate(self, prompt: str, negative_prompt: str | None = None, size=None, frames=None,
                  steps=None, shift=None, guide_scale=None, boundary=None, solver="unipc",
                  seed=-1, batched_cfg=None, progress=True, *, boundary_snr=None,
-                 settings: Settings | None = None) -> GenerationResult:
+                 settings: Settings | None = None, vae_tiling=None) -> GenerationResult:
         """Text -> video. Unset values are the preset's official defaults (spec §1.2)."""
         from .errors import InputError
         from .sampling.noise import initial_noise
@@ -215,7 +216,7 @@ class WanPipeline:
             latents, used = self.sample(noise, cond, uncond, settings,
                                         batched_cfg=bool(batched_cfg), progress=progress)
         with _timed(timings, "vae_decode", self.device):
-            video = self.decode(latents)
+            video = self.decode(latents, vae_tiling)
         timings["total"] = sum(timings.values())
         return GenerationResult(frames=video, latents=latents.float().cpu(), fps=self.preset.fps,
                                 seed=settings.seed, settings=settings, timings=timings,

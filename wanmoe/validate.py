@@ -158,6 +158,19 @@ def parse_dtype(dtype) -> torch.dtype:
     raise InputError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
 
 
+def parse_vae_tile(text: str | None):
+    """'H,W,OVERLAP' in latent pixels -> `vae.tiling.TileSpec` (None: untiled)."""
+    if text is None:
+        return None
+    from .vae.tiling import TileSpec
+
+    parts = [x.strip() for x in str(text).split(",")]
+    if len(parts) != 3 or not all(x.isdigit() for x in parts):
+        raise InputError(f"--vae-tile {text!r} is not H,W,OVERLAP (three whole numbers of latent "
+                         "pixels, e.g. 45,80,8)")
+    return TileSpec(*(int(x) for x in parts))
+
+
 def check_weights(mode: str | None) -> str | None:
     if mode is not None and mode not in WEIGHT_MODES:
         raise InputError(f"weights {mode!r} is not one of {', '.join(WEIGHT_MODES)}")

@@ -146,6 +146,24 @@ def test_weights_keep_keeps_scaled_fp8_experts_in_fp8(a14b_dir, tmp_path):
     assert rel < 1e-4, rel  # fp32 compute: weight*scale rounding order only
 
 
+def test_vae_tile_option(a14b_dir, tmp_path):
+    # one tile covering the whole 8x8 latent == untiled, bit for bit; real 2x2 tiles still decode
+    from wanmoe.pipeline import load_pipeline
+    from wanmoe.vae.tiling import TileSpec
+
+    pipe = load_pipeline(a14b_dir, device="cpu")
+    args = dict(size="64*64", frames=5, steps=2, seed=4, progress=False)
+    plain = pipe.generate("a red ball", **args).frames
+    assert torch.equal(plain, pipe.generate("a red ball", vae_tiling=TileSpec(8, 8, 0), **args).frames)
+    tiled = pipe.generate("a red ball", vae_tiling=TileSpec(5, 5, 2), **args).frames
+    assert tiled.shape == plain.shape and not torch.equal(tiled, plain)
+    mp4, _ = _generate(a14b_dir, tmp_path, "cli_tiled", "--seed", "4", "--steps", "2",
+                       "--vae-tile", "5,5,2")
+    assert read_mp4(mp4)[0].shape == (5, 64, 64, 3)
+    assert cli.main(["generate", "x", "--ckpt-dir", str(a14b_dir), *TINY_ARGS,
+                     "--vae-tile", "8,8"]) == 2
+
+
 def test_no_checkpoint_uses_the_demo_folder(a14b_dir, tmp_path, monkeypatch):
     # With no --ckpt-dir the built-in demo folder (wanmoe-native layout) is used; here a tiny
     # wanmoe folder with the same tensors stands in for it, so the latents must be identical.

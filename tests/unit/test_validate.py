@@ -105,3 +105,16 @@ def test_settings_defaults_are_the_preset_defaults():
     s = V.settings_for(TI2V_5B, seed=3)
     assert (s.size, s.frames, s.steps, s.shift, s.guide_scale, s.boundary) == (
         (1280, 704), 121, 50, 5.0, (5.0,), None)
+
+
+def test_vae_tile_parsing():
+    from wanmoe.validate import parse_vae_tile
+    from wanmoe.vae.tiling import TileSpec
+
+    assert parse_vae_tile(None) is None
+    assert parse_vae_tile("45,80,8") == TileSpec(45, 80, 8)
+    for bad in ("45,80", "a,b,c", "45,80,-1"):
+        with pytest.raises(InputError, match="--vae-tile"):
+            parse_vae_tile(bad)
+    with pytest.raises(InputError, match="overlap 30"):  # TileSpec's own rule
+        parse_vae_tile("45,80,30")
