@@ -126,15 +126,7 @@ def train_vae(cfg: VAEConfig, out_dir: Path, tc: VAETrainConfig) -> Path:
     log = LossLog(out_dir / "vae_loss.jsonl")
     bar = progress(tc.steps, step, "vae")
     while step < tc.steps:
-        x = sample_crops(rng, tc.batch, tc.crop, tc.frames)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, tc.lr, 20, tc.steps)
-        loss, parts = vae_loss(vae, x, tc)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        ema.update(vae, step)
+        loss, parts, gn = _train_step(vae, opt, ema, list(vae.parameters()), rng, tc, step, warmup=20)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -145,6 +137,20 @@ def train_vae(cfg: VAEConfig, out_dir: Path, tc: VAETrainConfig) -> Path:
                                     "opt": opt.state_dict(), "step": step, "cfg": cfg, "tc": tc})
     bar.close()
     return state_path
+
+
+def _train_step(vae, opt, ema, params, rng, tc: "VAETrainConfig", step: int, warmup: int):
+    """One AdamW step on fresh crops (warm-up + cosine LR, clipping 1.0, EMA): (loss, parts, |g|)."""
+    x = sample_crops(rng, tc.batch, tc.crop, tc.frames)
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step, tc.lr, warmup, tc.steps)
+    loss, parts = vae_loss(vae, x, tc)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    ema.update(vae, step)
+    return loss, parts, gn
 
 
 @torch.no_grad()
@@ -177,15 +183,7 @@ def finetune_decoder(vae, out_dir: Path, tc: VAETrainConfig) -> None:
     log = LossLog(out_dir / "vae_decoder_loss.jsonl")
     bar = progress(tc.steps, 0, "vae-decoder")
     for step in range(tc.steps):
-        x = sample_crops(rng, tc.batch, tc.crop, tc.frames)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, tc.lr, 10, tc.steps)
-        loss, parts = vae_loss(vae, x, tc)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update(vae, step)
+        loss, parts, _ = _train_step(vae, opt, ema, params, rng, tc, step, warmup=10)
         bar.update(1)
         if (step + 1) % tc.log_every == 0:
             log.write(step + 1, loss=loss.item(), **parts)
