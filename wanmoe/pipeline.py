@@ -305,16 +305,14 @@ def _kept_source(path):
     from .loading.sources import open_tensors
     from .runtime.quant.apply import KeepScaledFP8Source
 
-    inner = open_tensors(path)
-    if not needs_scaling(inner):
-        inner.close()
-        return path, None
+    inner, kept = open_tensors(path), None
     try:
-        det = detect_source(inner)
-        return KeepScaledFP8Source(inner), key_map_for(det, inner.keys())
-    except BaseException:
-        inner.close()
-        raise
+        if needs_scaling(inner):
+            kept = KeepScaledFP8Source(inner), key_map_for(detect_source(inner), inner.keys())
+    finally:
+        if kept is None:  # not scaled fp8, or refused: the caller never sees this handle
+            inner.close()
+    return kept or (path, None)
 
 
 def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, vae=None,
