@@ -3,14 +3,30 @@
 #
 #   scripts/train_demo.sh [WORK_DIR]        (default WORK_DIR: ./demo_train)
 #
-# Stages (each resumable: re-run the same command after an interruption):
-#   VAE (700 steps on 32x32x5 crops + 200 on 64x64x5) -> latent mean/std -> caption tokenizer
-#   -> encode 600 training clips + 48 held-out clips -> two DiT experts + umT5 (2600 optimiser
-#   steps in total, alternating experts)
-#   -> export. Then the held-out evaluation table is printed. See docs/demo.md.
+# Stages (each resumable: re-run the same command after an interruption; see docs/demo.md):
+#   1. VAE: 600 steps on 9-frame 64x64 crops + 1400 on 17-frame 64x64 windows, then the
+#      latent mean/std (2 torch threads)
+#   2. caption tokenizer + encode 2000 training clips and 48 held-out clips (2 threads)
+#   3. side by side, 1 thread each: the two DiT experts + umT5 (6000 optimiser steps,
+#      alternating experts) | the decoder-only VAE fine-tune (500 steps; the encoder is frozen,
+#      so the DiT's latents stay valid), then the dense ablation twin (6000 steps)
+#   4. export the two-expert model into the package, the ablation's validation losses, then
+#      the held-out adherence tables of both models (60 prompts each)
 set -euo pipefail
 WORK="${1:-demo_train}"
 cd "$(dirname "$0")/.."
-nice -n 5 python -m wanmoe train all --work "$WORK" --vae-steps 900 --clips 600 \
-    --dit-steps 2600 --batch 16 --threads 1
-nice -n 5 python -m wanmoe.demo.evaluate --n 60
+T="nice -n 5 python -m wanmoe train"
+STEPS=6000
+$T vae --work "$WORK" --vae-steps 2000 --decoder-steps 0 --threads 2
+$T latents --work "$WORK" --clips 2000 --threads 2
+$T dit --work "$WORK" --mode moe --dit-steps $STEPS --threads 1 > "$WORK/dit_moe.log" 2>&1 &
+MOE=$!
+{ $T decoder --work "$WORK" --decoder-steps 500 --threads 1
+  $T dit --work "$WORK" --mode dense --dit-steps $STEPS --threads 1; } > "$WORK/dit_dense.log" 2>&1 &
+DENSE=$!
+wait $MOE
+wait $DENSE
+$T dit --work "$WORK" --mode moe --dit-steps $STEPS --threads 2 --export wanmoe/demo/assets
+$T ablation --work "$WORK" --dit-steps $STEPS --threads 2
+python -m wanmoe.demo.evaluate --n 60
+python -m wanmoe.demo.evaluate --n 60 --checkpoint "$WORK/ablation_dense"

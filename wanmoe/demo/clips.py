@@ -46,7 +46,7 @@ DIRECTIONS: dict[str, tuple[float, float]] = {
     "up-right": (1, -1), "up-left": (-1, -1), "down-right": (1, 1), "down-left": (-1, 1),
 }
 MOTIONS: tuple[str, ...] = (*DIRECTIONS, "bounce", "grow", "shrink", "still")
-SIZES: dict[str, float] = {"small": 10.0, "medium": 14.0, "large": 18.0}  # half-extent, px @128
+SIZES: dict[str, float] = {"small": 15.0, "medium": 20.0, "large": 25.0}  # half-extent, px @128
 
 _DIR_WORDS: dict[str, tuple[str, ...]] = {
     "right": ("to the right", "right", "rightward"),

@@ -1,7 +1,9 @@
-"""`wanmoe train {vae,dit,all,ablation}`: retrain the built-in demo model from scratch.
+"""`wanmoe train {vae,decoder,latents,dit,all,ablation}`: retrain the built-in demo model from scratch.
 
 Every stage is resumable: re-running the same command continues from the last saved state in
-the work folder. `all` runs vae -> tokenizer -> latents -> dit (two experts) -> export.
+the work folder. `all` runs vae (+ decoder) -> tokenizer + latents -> dit (two experts) -> export.
+`ablation` trains (or reuses) the two-expert run and a dense run with the same optimiser steps
+in the same work folder, so `dit --mode moe` and `dit --mode dense` may run side by side first.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ def _common(p) -> None:
 
 
 def _dit_args(p) -> None:
-    p.add_argument("--dit-steps", type=int, default=2600, help="total optimiser steps, all experts")
+    p.add_argument("--dit-steps", type=int, default=6000, help="total optimiser steps, all experts")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--clips", type=int, default=600, help="training clips to encode")
+    p.add_argument("--clips", type=int, default=2000, help="training clips to encode")
     p.add_argument("--mode", choices=("moe", "dense"), default="moe")
 
 
@@ -33,7 +35,17 @@ def register_cli(subparsers) -> None:
     stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
     v = stages.add_parser("vae", help="train the demo VAE and measure its latent statistics")
     _common(v)
-    v.add_argument("--vae-steps", type=int, default=900)
+    v.add_argument("--vae-steps", type=int, default=2000)
+    v.add_argument("--decoder-steps", type=int, default=500,
+                   help="decoder-only fine-tune steps after the VAE (0: leave it to `train decoder`)")
+    de = stages.add_parser("decoder", help="decoder-only VAE fine-tune (needs `train vae`; "
+                           "may run side by side with `train dit`)")
+    _common(de)
+    de.add_argument("--decoder-steps", type=int, default=500)
+    la = stages.add_parser("latents", help="train the caption tokenizer and encode the training "
+                           "clips with the trained VAE (needs `train vae`)")
+    _common(la)
+    la.add_argument("--clips", type=int, default=2000, help="training clips to encode")
     d = stages.add_parser("dit", help="train the DiT expert(s) (needs `train vae`)")
     _common(d)
     _dit_args(d)
@@ -41,13 +53,14 @@ def register_cli(subparsers) -> None:
     a = stages.add_parser("all", help="everything from scratch, then export")
     _common(a)
     _dit_args(a)
-    a.add_argument("--vae-steps", type=int, default=900)
+    a.add_argument("--vae-steps", type=int, default=2000)
+    a.add_argument("--decoder-steps", type=int, default=500)
     a.add_argument("--export", default=None,
                    help="model folder to write (default: the package's demo assets)")
     b = stages.add_parser("ablation", help="two experts vs one dense DiT, same optimiser steps")
     _common(b)
     _dit_args(b)
-    for q in (v, d, a, b):
+    for q in (v, de, la, d, a, b):
         q.set_defaults(func=run)
 
 
@@ -56,6 +69,8 @@ def _check(args) -> None:
         v = getattr(args, name, 1)
         if v is not None and v < 1:
             raise InputError(f"--{name.replace('_', '-')} is {v}; it must be >= 1")
+    if getattr(args, "decoder_steps", 0) < 0:
+        raise InputError(f"--decoder-steps is {args.decoder_steps}; it must be >= 0")
 
 
 def run(args) -> int:
@@ -70,13 +85,18 @@ def run(args) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.stage in ("vae", "all"):
-        D.stage_vae(work, VAETrainConfig(steps=args.vae_steps, batch=8, seed=args.seed))
-    if args.stage == "vae":
+        D.stage_vae(work, VAETrainConfig(steps=args.vae_steps, seed=args.seed),
+                    decoder_steps=args.decoder_steps)
+    if args.stage == "decoder":
+        D.stage_decoder(work, VAETrainConfig(seed=args.seed), args.decoder_steps)
+    if args.stage in ("vae", "decoder"):
         return 0
     from wanmoe.demo.preset import DEMO
 
     D.stage_tokenizer(work, DEMO.t5.vocab_size)
     D.stage_latents(work, args.clips)
+    if args.stage == "latents":
+        return 0
     tc = DiTTrainConfig(steps=args.dit_steps, batch=args.batch, seed=args.seed)
     if args.stage == "ablation":
         return _ablation(D, work, tc)
@@ -92,11 +112,12 @@ def run(args) -> int:
 
 
 def _ablation(D, work: Path, tc) -> int:
-    """Train both variants with the same steps; write their folders and validation losses."""
+    """Train (or reuse, when already trained with these settings) the two-expert and the dense
+    run in the work folder, export both and write their validation losses by σ."""
     results = {}
     for mode in ("moe", "dense"):
-        r = D.stage_dit(work, mode, tc, sub=f"ablation_{mode}")
-        D.stage_export(work, r, work / f"ablation_{mode}" / "model")
+        r = D.stage_dit(work, mode, tc)
+        D.stage_export(work, r, work / f"ablation_{mode}")
         results[mode] = D.val_table(work, r)
     (work / "ablation_val.json").write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))

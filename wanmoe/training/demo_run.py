@@ -1,6 +1,7 @@
 """The demo model's training stages, each resumable, all under one work folder.
 
-    vae       -> <work>/vae_state.pt, then <work>/vae_final.pt (EMA weights + latent mean/std)
+    vae       -> <work>/vae_state.pt, then <work>/vae_base.pt (EMA weights + latent mean/std)
+    decoder   -> <work>/vae_final.pt (decoder-only fine-tune; encoder and latent space unchanged)
     tokenizer -> <work>/tokenizer.json (caption vocabulary)
     latents   -> <work>/latents.pt (training clips and held-out validation clips, encoded once)
     dit       -> <work>/dit_<mode>_state.pt (experts, text encoder, EMAs, optimisers)
@@ -32,42 +33,62 @@ def _timed(work: Path, stage: str, seconds: float) -> None:
     path.write_text(json.dumps(t, indent=1) + "\n")
 
 
-def stage_vae(work: Path, tc: VAETrainConfig, stats_clips: int = 96, decoder_steps: int = 250) -> Path:
-    """Train the VAE, then store its EMA weights with per-channel latent statistics.
+def stage_vae(work: Path, tc: VAETrainConfig, stats_clips: int = 96, decoder_steps: int = 500) -> Path:
+    """Train the VAE, store its EMA weights with per-channel latent statistics
+    (`vae_base.pt`), then run `stage_decoder` (`vae_final.pt`) unless decoder_steps is 0.
 
-    Phases: 7/9 of the steps on 32x32 crops (batch 8, cheap), the rest on 64x64 crops (batch 4)
-    so flat areas larger than the small crops (whole backgrounds) come out clean; then
-    `decoder_steps` decoder-only steps on 9-frame 64x64 windows with a colour term.
+    Phases: 3/10 of the steps on 9-frame 64x64 crops (batch 4), the rest on whole 17-frame
+    64x64 windows (batch 2), so every latent frame the demo decodes (5) is seen in training.
     """
     from dataclasses import replace
 
     from wanmoe.vae import build_vae
 
-    t0 = time.perf_counter()
-    first = tc.steps * 7 // 9
-    train_vae(demo_vae_config(), work, replace(tc, steps=first))
-    state = train_vae(demo_vae_config(), work, replace(tc, batch=4, crop=64, lr=0.75 * tc.lr))
-    vae = build_vae(demo_vae_config())
-    vae.load_state_dict(load_state(state)["ema"])
-    mean, std = latent_stats(vae, training_scenes(stats_clips, seed=7))
-    vae = build_vae(demo_vae_config(tuple(mean), tuple(std)))
-    vae.load_state_dict(load_state(state)["ema"])
-    if decoder_steps:  # encoder frozen: the latent space (and these stats) stay as measured
-        finetune_decoder(vae, work, replace(tc, steps=decoder_steps, batch=3, crop=64, frames=9,
-                                            lr=0.5 * tc.lr, colour_weight=2.0))
+    base = work / "vae_base.pt"
+    if load_state(base) is None:
+        t0 = time.perf_counter()
+        first = tc.steps * 3 // 10
+        train_vae(demo_vae_config(), work, replace(tc, steps=first))
+        state = train_vae(demo_vae_config(), work, replace(tc, batch=2, frames=17, lr=0.75 * tc.lr))
+        vae = build_vae(demo_vae_config())
+        vae.load_state_dict(load_state(state)["ema"])
+        mean, std = latent_stats(vae, training_scenes(stats_clips, seed=7))
+        save_state(base, {"model": vae.state_dict(), "mean": mean, "std": std})
+        _timed(work, "vae", time.perf_counter() - t0)
+    return stage_decoder(work, tc, decoder_steps) if decoder_steps else base
+
+
+def stage_decoder(work: Path, tc: VAETrainConfig, steps: int = 500) -> Path:
+    """Decoder-only fine-tune of `vae_base.pt` into `vae_final.pt` (skipped when it exists).
+
+    The encoder is frozen, so the latent space, its statistics and the DiT's training latents
+    do not change: this stage may run side by side with DiT training. 17-frame 64x64 windows,
+    a stronger colour term and a little latent noise (a decoder that tolerates imperfect DiT
+    latents), at a quarter of the VAE learning rate.
+    """
+    from dataclasses import replace
+
     final = work / "vae_final.pt"
-    save_state(final, {"model": vae.state_dict(), "mean": mean, "std": std})
-    _timed(work, "vae", time.perf_counter() - t0)
+    if load_state(final) is not None:
+        return final
+    t0 = time.perf_counter()
+    vae = load_vae(work, "vae_base.pt")
+    st = load_state(work / "vae_base.pt")
+    if steps:
+        finetune_decoder(vae, work, replace(tc, steps=steps, batch=2, frames=17, lr=0.25 * tc.lr,
+                                            colour_weight=3.0, latent_noise=0.02))
+    save_state(final, {"model": vae.state_dict(), "mean": st["mean"], "std": st["std"]})
+    _timed(work, "vae_decoder", time.perf_counter() - t0)
     return final
 
 
-def load_vae(work: Path):
+def load_vae(work: Path, name: str = "vae_final.pt"):
     """The trained VAE (EMA weights) built with its own latent statistics."""
     from wanmoe.vae import build_vae
 
-    st = load_state(work / "vae_final.pt")
+    st = load_state(work / name)
     if st is None:
-        raise FileNotFoundError(f"{work / 'vae_final.pt'} is missing; run `wanmoe train vae` first")
+        raise FileNotFoundError(f"{work / name} is missing; run `wanmoe train vae` first")
     vae = build_vae(demo_vae_config(tuple(st["mean"]), tuple(st["std"])))
     vae.load_state_dict(st["model"])
     return vae.eval()
@@ -95,7 +116,7 @@ def stage_latents(work: Path, n_clips: int) -> Path:
     if st is not None and st["n"] >= n_clips:
         return path
     t0 = time.perf_counter()
-    vae = load_vae(work)
+    vae = load_vae(work, "vae_base.pt")  # only the encoder is used: frozen after stage_vae
     with torch.no_grad():
         train = build_latents(vae, training_scenes(n_clips), desc="encode train")
         val = build_latents(vae, held_out_scenes(N_VAL, seed=999, num_objects=None), desc="encode val")

@@ -24,17 +24,17 @@ from wanmoe.training.common import EMA, LossLog, load_state, lr_at, progress, sa
 class VAETrainConfig:
     """Hyper-parameters of a VAE run."""
 
-    steps: int = 1500
-    batch: int = 8
-    crop: int = 32
-    frames: int = 5
+    steps: int = 2000
+    batch: int = 4
+    crop: int = 64
+    frames: int = 9
     lr: float = 2e-3
     latent_l2: float = 1e-4
-    colour_weight: float = 0.0  # L1 on 8x8-pooled colours (speeds up learning flat colours)
+    colour_weight: float = 1.0  # L1 on 8x8-pooled colours (speeds up learning flat colours)
     latent_noise: float = 0.0  # noise (x per-channel std) on the latent mean before decoding
     seed: int = 0
     log_every: int = 10
-    save_every: int = 50
+    save_every: int = 100
 
 
 def sample_crops(rng: random.Random, n: int, crop: int, frames: int) -> torch.Tensor:
@@ -178,7 +178,7 @@ def finetune_decoder(vae, out_dir: Path, tc: VAETrainConfig) -> None:
     vae.encoder.requires_grad_(False)
     vae.conv1.requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    ema = EMA(vae, decay=0.98)
+    ema = EMA(vae, decay=0.99)
     rng = random.Random(tc.seed * 31 + 7)
     log = LossLog(out_dir / "vae_decoder_loss.jsonl")
     bar = progress(tc.steps, 0, "vae-decoder")
