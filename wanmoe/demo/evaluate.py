@@ -185,12 +185,13 @@ def run(scenes: list[Scene], generate) -> tuple[list[ClipAnalysis], list[dict], 
     return analyses, hits, videos
 
 
-def _model_generator(checkpoint: str | None, steps: int | None, seed: int):
-    """generate(scene) through the public pipeline (demo model when checkpoint is None)."""
+def _model_generator(checkpoint: str | None, seed: int, **settings):
+    """generate(scene) through the public pipeline (demo model when checkpoint is None);
+    `settings` (steps, shift, guide_scale) left at None use the model's preset."""
     from wanmoe.pipeline import load_pipeline
 
     pipe = load_pipeline(checkpoint)
-    kwargs = {"seed": seed} | ({"steps": steps} if steps else {})
+    kwargs = {"seed": seed, "progress": False} | {k: v for k, v in settings.items() if v is not None}
 
     def generate(scene: Scene) -> np.ndarray:
         frames = pipe.generate(scene.caption, **kwargs).frames
@@ -206,20 +207,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--two-objects", action="store_true", help="two objects per prompt")
     ap.add_argument("--checkpoint", default=None, help="model folder (default: the demo model)")
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: preset)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shift", type=float, default=None, help="sampling shift (default: preset)")
+    ap.add_argument("--guide-scale", type=float, default=None,
+                    help="one CFG scale for both experts (default: the preset's per expert)")
+    ap.add_argument("--seed", type=int, default=0, help="noise seed")
+    ap.add_argument("--prompt-seed", type=int, default=12345,
+                    help="which held-out prompts (default 12345: the reported test set; tune "
+                    "sampling settings on another seed)")
     ap.add_argument("--ground-truth", action="store_true",
                     help="score the rendered clips themselves (checks the scorer)")
-    ap.add_argument("--strip", default=None, help="write a PNG strip of the first 4 videos here")
+    ap.add_argument("--strip", default=None,
+                    help="write a PNG strip of 4 videos spread over the prompt list here")
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    scenes = held_out_scenes(args.n, num_objects=2 if args.two_objects else 1)
-    gen = render if args.ground_truth else _model_generator(args.checkpoint, args.steps, args.seed)
+    scenes = held_out_scenes(args.n, seed=args.prompt_seed, num_objects=2 if args.two_objects else 1)
+    gen = render if args.ground_truth else _model_generator(
+        args.checkpoint, args.seed, steps=args.steps, shift=args.shift, guide_scale=args.guide_scale)
     t0 = time.perf_counter()
     analyses, hits, videos = run(scenes, gen)
     print(format_table(scenes, analyses, hits))
     print(f"time: {time.perf_counter() - t0:.1f} s for {len(scenes)} videos")
     if args.strip:
-        write_png(np.concatenate([frame_strip(v) for v in videos[:4]], axis=0), args.strip)
+        rows = list(range(0, len(videos), max(1, len(videos) // 4)))[:4]
+        write_png(np.concatenate([frame_strip(videos[i]) for i in rows], axis=0), args.strip)
+        print(f"strip rows: {', '.join(f'#{i} {scenes[i].caption!r}' for i in rows)}")
     return 0
 
 

@@ -28,10 +28,10 @@ VAL_SIGMAS = (0.05, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
 class DiTTrainConfig:
     """Hyper-parameters of a DiT run (steps = total optimiser steps over all experts)."""
 
-    steps: int = 1600
+    steps: int = 6000
     batch: int = 16
-    lr: float = 4e-4
-    text_lr: float = 2e-4
+    lr: float = 1.5e-3
+    text_lr: float = 7.5e-4
     ema: float = 0.998
     drop_text: float = 0.1  # classifier-free guidance: caption replaced by "" or the negative prompt
     clip_grad: float = 1.0
