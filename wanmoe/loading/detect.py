@@ -343,6 +343,14 @@ def _pipeline_detection(p: Path, fmt: str) -> Detection:
 
     spec = resolve_checkpoint(p)
     parts = dict(spec.detections)
+    for name in spec.experts:  # the folder layout says what the weights alone cannot
+        d = parts.get(name)
+        if d is None or d.component != "dit":
+            continue
+        d.notes[:] = [n for n in d.notes if not n.startswith(("expert role", "num_heads unknown"))]
+        d.notes.append(f"expert role: {name} (named by the {fmt} layout)")
+        if d.dims is not None and d.dims.get("num_heads") is None:
+            d.dims["num_heads"] = spec.preset.dit.num_heads
     hist: dict[str, dict[str, int]] = {}
     for d in parts.values():
         for k, v in d.dtypes.items():
