@@ -7,9 +7,10 @@
 #   1. VAE: 600 steps on 9-frame 64x64 crops + 1400 on 17-frame 64x64 windows, then the
 #      latent mean/std (2 torch threads)
 #   2. caption tokenizer + encode 2000 training clips and 48 held-out clips (2 threads)
-#   3. side by side, 1 thread each: the two DiT experts + umT5 (6000 optimiser steps,
+#   3. side by side, 1 thread each: the two DiT experts + umT5 (6000 optimiser steps, then
+#      continued to 10000,
 #      alternating experts) | the decoder-only VAE fine-tune (500 steps; the encoder is frozen,
-#      so the DiT's latents stay valid), then the dense ablation twin (6000 steps)
+#      so the DiT's latents stay valid), then the dense ablation twin (6000, then 10000 steps)
 #   4. export the two-expert model into the package, the ablation's validation losses, then
 #      the held-out adherence tables of both models (60 prompts each)
 set -euo pipefail
@@ -26,6 +27,15 @@ MOE=$!
 DENSE=$!
 wait $MOE
 wait $DENSE
+# continue both to 10000 steps (the cosine is re-laid over 10000 from the 6000-step state;
+# this is how the shipped model was made: 6000 steps measured first, then continued)
+$T dit --work "$WORK" --mode moe --dit-steps 10000 --threads 1 > "$WORK/dit_moe2.log" 2>&1 &
+MOE=$!
+$T dit --work "$WORK" --mode dense --dit-steps 10000 --threads 1 > "$WORK/dit_dense2.log" 2>&1 &
+DENSE=$!
+wait $MOE
+wait $DENSE
+STEPS=10000
 $T dit --work "$WORK" --mode moe --dit-steps $STEPS --threads 2 --export wanmoe/demo/assets
 $T ablation --work "$WORK" --dit-steps $STEPS --threads 2
 python -m wanmoe.demo.evaluate --n 60
