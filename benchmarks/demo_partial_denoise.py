@@ -2,7 +2,7 @@
 
 For each start σ the ground-truth latent of a held-out translation clip is noised to σ
 (x = (1-σ)x0 + σε) and denoised to σ=0 by the shipped experts (Euler on the preset's shifted
-grid, CFG with the preset's scales, expert switch at the boundary), then decoded and scored by
+grid, the pipeline's CFG and expert schedule), then decoded and scored by
 the pixel scorer. Start σ=1 is ordinary generation from noise; the smaller the start σ, the more
 of the true layout the model is given. Usage: python benchmarks/demo_partial_denoise.py [--n 16]
 """
@@ -15,26 +15,26 @@ import torch
 
 from wanmoe.demo.clips import DIRECTIONS, held_out_scenes, render, to_tensor
 from wanmoe.demo.evaluate import analyse, score, summarise
-from wanmoe.training.flow import shift_sigma
+from wanmoe.models.experts import ExpertSchedule
+from wanmoe.sampling.guidance import CFGDenoiser
+from wanmoe.sampling.sigmas import flow_schedule
 
 
 @torch.no_grad()
 def partial_denoise(pipe, x0: torch.Tensor, prompt: str, start: float, seed: int) -> torch.Tensor:
-    """Noise x0 [1, z, F, h, w] to σ=start and Euler-denoise it to σ=0 with CFG."""
+    """Noise x0 [1, z, F, h, w] to σ=start and Euler-denoise it to σ=0 with the pipeline's CFG and
+    expert schedule, on the preset's sigma grid below `start`."""
     p = pipe.preset
-    steps = p.steps
-    grid = shift_sigma(torch.linspace(1, 0, steps + 1, dtype=torch.float64), p.shift)
-    sig = torch.cat([torch.tensor([start], dtype=torch.float64), grid[grid < start]])
+    timesteps, sigmas = flow_schedule(p.steps, p.shift)
+    keep = sigmas[:-1] < start
+    sig = torch.cat([torch.tensor([start]), sigmas[:-1][keep], sigmas[-1:]]).tolist()
+    ts = [torch.tensor(int(start * 1000))] + list(timesteps[keep])
+    schedule = ExpertSchedule.from_preset(p)
+    denoiser = CFGDenoiser(pipe.experts, *pipe.encode(prompt, None))
     g = torch.Generator().manual_seed(seed)
     x = (1 - start) * x0 + start * torch.randn(x0.shape, generator=g)
-    cond, uncond = pipe.encode(prompt, None)
-    scales = {e.name: e.guidance for e in p.experts}
-    for a, b in zip(sig[:-1].tolist(), sig[1:].tolist()):
-        name = p.experts[0].name if (p.boundary is None or a >= p.boundary) else p.experts[1].name
-        m = pipe.experts[name]
-        t = torch.full((1,), a * 1000.0)
-        vc, vu = m(x, t, cond), m(x, t, uncond)
-        x = x + (b - a) * (vu + scales[name] * (vc - vu))
+    for t, a, b in zip(ts, sig[:-1], sig[1:]):
+        x = x + (b - a) * denoiser(schedule.select(t), x, t)
     return x
 
 
@@ -55,9 +55,7 @@ def main(argv=None) -> int:
     for start in (float(v) for v in args.starts.split(",")):
         hits = []
         for i, s in enumerate(scenes):
-            y = vae.decode(partial_denoise(pipe, x0[i], s.caption, start, seed=i))
-            y = y[0] if y.dim() == 5 else y
-            frames = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
+            frames = pipe.decode(partial_denoise(pipe, x0[i], s.caption, start, seed=i)[0]).numpy()
             hits.append(score(s, analyse(frames)))
         acc = summarise(hits)
         print(f"| {start} | " + " | ".join(f"{100 * acc[k]:.0f} %" for k in

@@ -122,10 +122,8 @@ def _cmd_generate(args) -> int:
         if p is not None:
             p.parent.mkdir(parents=True, exist_ok=True)  # only now that every value is valid
     pipe = P.load_pipeline(spec=spec, device=device, dtype=dtype, weights=args.weights,
-                           offload=args.offload, text_encoder_device="cpu" if args.t5_cpu else None)
-    if args.per_token_time:
-        for m in pipe.experts.values():
-            m.set_per_token_time(True)
+                           offload=args.offload, text_encoder_device="cpu" if args.t5_cpu else None,
+                           per_token_time=args.per_token_time)
     result = pipe.generate(prompt, args.negative_prompt, settings=settings,
                            batched_cfg=args.batched_cfg, progress=not args.quiet,
                            vae_tiling=tiling)

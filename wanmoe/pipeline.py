@@ -317,13 +317,14 @@ def _kept_source(path):
 
 def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, vae=None,
                   text_encoder=None, tokenizer=None, weights=None, offload=None,
-                  text_encoder_device=None, spec=None) -> WanPipeline:
+                  text_encoder_device=None, spec=None, per_token_time: bool = False) -> WanPipeline:
     """Load a pipeline from a checkpoint folder (None: the built-in demo model).
 
     weights: None = the storage dtypes `dtype` needs (bf16 matmul weights under bf16, fp32
     under fp32; quantised files such as GGUF stay quantised); "keep" = as stored; "bf16" = block
     linears stored in bf16 even for fp32 compute (like the official --convert_model_dtype);
     "fp8"/"int8" = block linears quantised after loading (wanmoe.runtime.quant).
+    per_token_time: embed the timestep for every token like upstream (`WanDiT.set_per_token_time`).
     """
     from .loading import components as C
     from .text.encoder import TextEncoder
@@ -345,7 +346,7 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
 
     workspace = DequantWorkspace()
     experts = {e.name: _load_expert(spec, e.name, dit_device, dt, weights, workspace)
-               for e in preset.experts}
+                       .set_per_token_time(per_token_time) for e in preset.experts}
     t5_dev = torch.device("cpu") if off else text_dev
     t5 = C.load_text_encoder(spec.text_encoder, dtype=dt, device=t5_dev)
     text = TextEncoder(load_tokenizer(spec.tokenizer, text_len=preset.t5.text_len), t5)

@@ -39,9 +39,9 @@ def test_decoder_stage_trains_only_the_decoder_and_keeps_the_latent_statistics(t
     assert D.stage_decoder(tmp_path, VAETrainConfig(seed=0), steps=2) == final
     assert final.stat().st_mtime_ns == before
     # the latents stage reads the encoder from vae_base.pt, equal to vae_final's
-    vae = D.load_vae(tmp_path, "vae_base.pt")
-    assert torch.equal(vae.encoder.state_dict()[next(iter(vae.encoder.state_dict()))],
-                       D.load_vae(tmp_path).encoder.state_dict()[next(iter(vae.encoder.state_dict()))])
+    base_enc = D.load_vae(tmp_path, "vae_base.pt").encoder.state_dict()
+    k = next(iter(base_enc))
+    assert torch.equal(base_enc[k], D.load_vae(tmp_path).encoder.state_dict()[k])
 
 
 def test_train_cli_refuses_negative_decoder_steps(tmp_path, capsys):

@@ -29,6 +29,8 @@ MODEL_T5_CUSTOM = "umT5 encoder (custom dims)"
 FP8_SCALED_AUX = (".scale_weight", ".scale_input")  # ComfyUI legacy fp8_scaled
 COMFY_QUANT_AUX = (".comfy_quant", ".weight_scale", ".weight_scale_2", ".input_scale")
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")  # what marks a tokenizer folder
+NOTE_ROLE_UNKNOWN = "expert role (high/low noise) cannot be told from the weights"
+NOTE_HEADS_UNKNOWN = "num_heads unknown"
 HEAD_DIM = 128  # every published Wan DiT; heads cannot be read from shapes (qk-norm is full width)
 
 
@@ -165,7 +167,7 @@ def _dit_dims(shape, names, naming: str, config: Mapping | None, notes: list[str
         heads = dim // HEAD_DIM
         notes.append(f"num_heads cannot be read from DiT shapes; assumed dim // {HEAD_DIM} = {heads}")
     else:
-        notes.append(f"num_heads unknown: dim {dim} is not a multiple of {HEAD_DIM} and there is no config.json")
+        notes.append(f"{NOTE_HEADS_UNKNOWN}: dim {dim} is not a multiple of {HEAD_DIM} and there is no config.json")
     dims["num_heads"] = heads
     return dims
 
@@ -248,7 +250,7 @@ def detect_tensors(entries: Mapping[str, tuple], metadata: Mapping | None = None
         if comp == "dit":
             det.dims = _dit_dims(shape, names, naming, config, notes)
             det.model = _dit_model(det.dims)
-            notes.append("expert role (high/low noise) cannot be told from the weights")
+            notes.append(NOTE_ROLE_UNKNOWN)
         elif comp == "vae":
             det.dims = _vae_dims(shape, naming)
             det.model = MODEL_VAE22 if det.dims["version"] == "2.2" else MODEL_VAE21
@@ -347,7 +349,7 @@ def _pipeline_detection(p: Path, fmt: str) -> Detection:
         d = parts.get(name)
         if d is None or d.component != "dit":
             continue
-        d.notes[:] = [n for n in d.notes if not n.startswith(("expert role", "num_heads unknown"))]
+        d.notes[:] = [n for n in d.notes if not n.startswith((NOTE_ROLE_UNKNOWN, NOTE_HEADS_UNKNOWN))]
         d.notes.append(f"expert role: {name} (named by the {fmt} layout)")
         if d.dims is not None and d.dims.get("num_heads") is None:
             d.dims["num_heads"] = spec.preset.dit.num_heads

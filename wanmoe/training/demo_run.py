@@ -72,8 +72,8 @@ def stage_decoder(work: Path, tc: VAETrainConfig, steps: int = 500) -> Path:
     if load_state(final) is not None:
         return final
     t0 = time.perf_counter()
-    vae = load_vae(work, "vae_base.pt")
-    st = load_state(work / "vae_base.pt")
+    st = _vae_state(work, "vae_base.pt")
+    vae = _vae_from_state(st)
     if steps:
         finetune_decoder(vae, work, replace(tc, steps=steps, batch=2, frames=17, lr=0.25 * tc.lr,
                                             colour_weight=3.0, latent_noise=0.02))
@@ -82,16 +82,25 @@ def stage_decoder(work: Path, tc: VAETrainConfig, steps: int = 500) -> Path:
     return final
 
 
-def load_vae(work: Path, name: str = "vae_final.pt"):
-    """The trained VAE (EMA weights) built with its own latent statistics."""
-    from wanmoe.vae import build_vae
-
+def _vae_state(work: Path, name: str) -> dict:
     st = load_state(work / name)
     if st is None:
         raise FileNotFoundError(f"{work / name} is missing; run `wanmoe train vae` first")
+    return st
+
+
+def _vae_from_state(st: dict):
+    """The VAE of a stored {model, mean, std} state, built with its own latent statistics."""
+    from wanmoe.vae import build_vae
+
     vae = build_vae(demo_vae_config(tuple(st["mean"]), tuple(st["std"])))
     vae.load_state_dict(st["model"])
     return vae.eval()
+
+
+def load_vae(work: Path, name: str = "vae_final.pt"):
+    """The trained VAE (EMA weights) built with its own latent statistics."""
+    return _vae_from_state(_vae_state(work, name))
 
 
 def stage_tokenizer(work: Path, vocab_size: int) -> Path:
