@@ -7,9 +7,9 @@
 #   1. VAE: 600 steps on 9-frame 64x64 crops + 1400 on 17-frame 64x64 windows, then the
 #      latent mean/std (2 torch threads)
 #   2. caption tokenizer + encode 2000 training clips and 48 held-out clips (2 threads)
-#   3. side by side, 1 thread each: the two DiT experts + umT5 (6000 optimiser steps,
-#      alternating experts, then continued to 10000) | the decoder-only VAE fine-tune (500 steps; the encoder is frozen,
-#      so the DiT's latents stay valid), then the dense ablation twin (6000, then 10000 steps)
+#   3. side by side, 1 thread each: the two DiT experts + umT5 (10000 optimiser steps,
+#      alternating experts) | the decoder-only VAE fine-tune (500 steps; the encoder is frozen,
+#      so the DiT's latents stay valid), then the dense ablation twin (10000 steps)
 #   4. export the two-expert model into the package, the ablation's validation losses, then
 #      the held-out adherence tables of both models (60 prompts each)
 set -euo pipefail
@@ -29,10 +29,7 @@ side_by_side() {
 }
 $T vae --work "$WORK" --vae-steps 2000 --decoder-steps 0 --threads 2
 $T latents --work "$WORK" --clips 2000 --threads 2
-side_by_side 6000 "$T decoder --work $WORK --decoder-steps 500 --threads 1"
-# continued to 10000 steps (the cosine is re-laid over 10000 from the 6000-step state; this is
-# how the shipped model was made: 6000 steps measured first, then continued)
-side_by_side 10000 true
+side_by_side 10000 "$T decoder --work $WORK --decoder-steps 500 --threads 1"
 
 $T dit --work "$WORK" --mode moe --dit-steps 10000 --threads 2 --export wanmoe/demo/assets
 $T ablation --work "$WORK" --dit-steps 10000 --threads 2

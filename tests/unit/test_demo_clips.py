@@ -67,3 +67,37 @@ def test_translation_moves_by_the_travel_fraction():
     v = C.render(C.Scene((o,), "black", "x"))
     xs = [np.argwhere(f[..., 0] > 100)[:, 1].mean() for f in (v[0], v[-1])]
     assert abs((xs[1] - xs[0]) - C.TRAVEL * 128) < 1.0
+
+
+def test_lone_object_starts_near_its_motions_canonical_start():
+    """A lone object's track is centred in the frame, jittered by at most JITTER_ALONG along the
+    motion and JITTER_ACROSS across it, so a caption pins down the direction of travel."""
+    tol = 1e-9
+    for i in range(400):
+        s = C.sample_scene(i, num_objects=1)
+        o = s.objects[0]
+        x, y = o.start
+        dx, dy = C.DIRECTIONS.get(o.motion, (0, 0))
+        if o.motion == "bounce":
+            assert abs(x - 0.5) <= C.JITTER_ACROSS + tol
+            assert abs(y - (0.5 + C.TRAVEL / 2)) <= C.JITTER_ALONG + tol
+            continue
+        for pos, d in ((x, dx), (y, dy)):
+            amp = C.JITTER_ALONG if d else C.JITTER_ACROSS
+            assert abs(pos - (0.5 - d * C.TRAVEL / 2)) <= amp + tol, (s, pos)
+    # rightward objects start in the left part of the frame and end in the right part
+    right = [s.objects[0] for s in (C.sample_scene(i, num_objects=1) for i in range(400))
+             if s.objects[0].motion == "right"]
+    assert right and all(o.start[0] < 0.5 - C.TRAVEL / 2 + C.JITTER_ALONG + 1e-9 for o in right)
+
+
+def test_every_object_stays_inside_the_frame_and_pairs_are_spread():
+    scenes = C.training_scenes(600) + C.held_out_scenes(60) + C.held_out_scenes(20, num_objects=2)
+    for s in scenes:
+        for o in s.objects:
+            for x, y, h in C._track(o, 17, 128):
+                assert h <= x <= 128 - h and h <= y <= 128 - h, (s, x, y, h)
+    # two-object scenes place objects anywhere their path fits (not at the canonical start)
+    pairs = [s for s in scenes if len(s.objects) == 2]
+    xs = [o.start[0] for s in pairs for o in s.objects if o.motion in ("up", "down", "still")]
+    assert pairs and max(xs) - min(xs) > 2 * C.JITTER_ACROSS

@@ -102,3 +102,13 @@ def test_export_folder_loads_through_the_pipeline(tmp_path, tok):
     spec = resolve_checkpoint(out)
     assert spec.preset == preset
     assert set(spec.experts) == {"high_noise", "low_noise"}
+
+
+def test_demo_preset_patch_option():
+    """`wanmoe train dit --patch 1` gives 8x8 tokens a latent frame instead of Wan2.2's 4x4."""
+    assert DEMO.dit.patch_size == (1, 2, 2) and DEMO.size_multiple == 32
+    p1 = demo_preset(patch=1)
+    assert p1.dit.patch_size == (1, 1, 1) and p1.size_multiple == 16
+    assert p1.dit.dim == DEMO.dit.dim and p1.experts == DEMO.experts
+    with pytest.raises(ValueError, match="patch is 4"):
+        demo_preset(patch=4)

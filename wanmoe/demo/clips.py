@@ -67,6 +67,10 @@ _OTHER_PHRASES: dict[str, tuple[str, ...]] = {
 }
 _SIZE_WORDS = {"small": ("small", "little", "tiny"), "medium": ("",), "large": ("large", "big")}
 TRAVEL = 0.45  # translation length as a fraction of the frame side
+# Start jitter of a lone object around its motion's canonical start (frame fractions): small,
+# so a caption pins down the whole track and the tiny DiT can learn motion in the CPU budget.
+JITTER_ALONG = 0.04
+JITTER_ACROSS = 0.1
 
 
 @dataclass(frozen=True)
@@ -100,12 +104,29 @@ def held_out_triples() -> list[tuple[str, str, str]]:
     return [(c, s, m) for c in COLOURS for s in SHAPES for m in MOTIONS if is_held_out(c, s, m)]
 
 
-def _start_for(motion: str, half: float, rng: random.Random) -> tuple[float, float]:
-    """Start point (fractions) that keeps the whole path of the object inside the frame."""
+def _start_for(motion: str, half: float, rng: random.Random, spread: bool = False
+               ) -> tuple[float, float]:
+    """Start point (fractions) that keeps the whole path of the object inside the frame.
+
+    A lone object (`spread=False`) starts near its motion's canonical start: the path is
+    centred in the frame, jittered by JITTER_ALONG along the motion and JITTER_ACROSS across
+    it. `spread=True` (two-object scenes) draws anywhere the path fits, so objects can be kept
+    apart.
+    """
     m = half / 128 + 0.03  # margin in frame fractions
     dx, dy = DIRECTIONS.get(motion, (0, 0))
-    if motion == "grow":
+    if motion in ("grow", "shrink"):  # the object is 1.8x its size at one end
         m = 1.8 * half / 128 + 0.03
+    if not spread:
+        def jitter(d: float) -> float:
+            amp = JITTER_ALONG if d else JITTER_ACROSS
+            return rng.uniform(-amp, amp)
+
+        x, y = 0.5 - dx * TRAVEL / 2 + jitter(dx), 0.5 - dy * TRAVEL / 2 + jitter(dy)
+        if motion == "bounce":  # the hop (TRAVEL high) is centred vertically
+            y = 0.5 + TRAVEL / 2 + rng.uniform(-JITTER_ALONG, JITTER_ALONG)
+        lo_y = m + (TRAVEL if motion == "bounce" else 0.0)
+        return (min(max(x, m), 1 - m), min(max(y, lo_y), 1 - m))
 
     def axis(d: float) -> float:
         lo, hi = m, 1 - m
@@ -124,10 +145,10 @@ def _start_for(motion: str, half: float, rng: random.Random) -> tuple[float, flo
 def _separated_start(first: SceneObject, half: float, rng: random.Random
                      ) -> tuple[float, float] | None:
     """Start for a second object with the same motion that never touches `first` (or None)."""
-    grow = 1.8 if first.motion == "grow" else 1.0
+    grow = 1.8 if first.motion in ("grow", "shrink") else 1.0
     need = grow * 1.3 * (SIZES[first.size] + half) / 128 + 0.05
     for _ in range(50):
-        p = _start_for(first.motion, half, rng)
+        p = _start_for(first.motion, half, rng, spread=True)
         if math.dist(p, first.start) >= need:
             return p
     return None
@@ -136,7 +157,7 @@ def _separated_start(first: SceneObject, half: float, rng: random.Random
 def _second_object(first: SceneObject, rng: random.Random) -> SceneObject | None:
     """A second object (other colour and shape, same motion, training triple) or None."""
     while True:
-        o = _make_object(rng, False, avoid_colour=first.colour)
+        o = _make_object(rng, False, avoid_colour=first.colour, spread=True)
         if o.shape != first.shape and not is_held_out(o.colour, o.shape, first.motion):
             break
     for size in dict.fromkeys((o.size, "small")):
@@ -146,7 +167,8 @@ def _second_object(first: SceneObject, rng: random.Random) -> SceneObject | None
     return None
 
 
-def _make_object(rng: random.Random, held_out: bool, avoid_colour: str | None = None) -> SceneObject:
+def _make_object(rng: random.Random, held_out: bool, avoid_colour: str | None = None,
+                 spread: bool = False) -> SceneObject:
     """Draw one object whose (colour, shape, motion) triple is in the requested split."""
     if held_out:
         pool = [t for t in held_out_triples() if t[0] != avoid_colour]
@@ -158,14 +180,14 @@ def _make_object(rng: random.Random, held_out: bool, avoid_colour: str | None = 
             if not is_held_out(colour, shape, motion):
                 break
     size = rng.choice(list(SIZES))
-    return SceneObject(shape, colour, size, motion, _start_for(motion, SIZES[size], rng))
+    return SceneObject(shape, colour, size, motion, _start_for(motion, SIZES[size], rng, spread))
 
 
 def sample_scene(seed: int, held_out: bool = False, num_objects: int | None = None) -> Scene:
     """Deterministic scene for `seed`; `held_out` picks triples from the held-out set only."""
     rng = random.Random(seed * 7919 + (1 if held_out else 0))
     n = num_objects or (1 if rng.random() < 0.75 else 2)
-    first = _make_object(rng, held_out)
+    first = _make_object(rng, held_out, spread=n == 2)
     objects = [first]
     if n == 2:  # both objects share one motion so the caption stays one clause
         second = _second_object(first, rng)
@@ -283,14 +305,15 @@ def held_out_scenes(n: int, seed: int = 12345, num_objects: int | None = 1) -> l
         rng = random.Random(seed * 1_000_003 + i)
         colour, shape, motion = triples[i % len(triples)]
         size = rng.choice(list(SIZES))
-        obj = SceneObject(shape, colour, size, motion, _start_for(motion, SIZES[size], rng))
+        spread = num_objects == 2
+        obj = SceneObject(shape, colour, size, motion, _start_for(motion, SIZES[size], rng, spread))
         objs = (obj,)
         if num_objects == 2:
             second = None
             while second is None:  # shrink the first object until a second one fits
                 second = _second_object(obj, rng)
                 obj = second and obj or SceneObject(shape, colour, "small", motion,
-                                                    _start_for(motion, SIZES["small"], rng))
+                                                    _start_for(motion, SIZES["small"], rng, True))
             objs = (obj, second)
         bg = rng.choice(list(BACKGROUNDS))
         out.append(Scene(objs, bg, caption(objs, bg, rng)))

@@ -8,6 +8,8 @@ trained VAE's latents over the training clips (written by `wanmoe train vae`).
 
 from __future__ import annotations
 
+import dataclasses
+
 from wanmoe.configs import DiTConfig, ExpertSpec, ModelPreset, T5Config, VAEConfig
 
 Z_DIM = 16
@@ -36,12 +38,16 @@ def demo_vae_config(mean: tuple[float, ...] = DEMO_VAE_MEAN,
                      std=tuple(std), dim_mult=(1, 2, 4, 4), num_res_blocks=1)
 
 
-def demo_preset(vae: VAEConfig | None = None, dense: bool = False) -> ModelPreset:
-    """The demo preset (two experts); `dense=True` gives the one-expert ablation twin."""
+def demo_preset(vae: VAEConfig | None = None, dense: bool = False, patch: int = 2) -> ModelPreset:
+    """The demo preset (two experts); `dense=True` gives the one-expert ablation twin; `patch`
+    is the DiT's spatial patch (2 as in Wan2.2: 8x8 latents -> 4x4 tokens a frame; 1: 8x8)."""
+    if patch not in (1, 2):
+        raise ValueError(f"patch is {patch}; the demo DiT supports 1 or 2")
     experts = ((ExpertSpec("dense", 4.0),) if dense
                else (ExpertSpec("high_noise", 4.0), ExpertSpec("low_noise", 3.0)))
     return ModelPreset(
-        name="demo-dense" if dense else "demo", dit=DEMO_DIT, vae=vae or demo_vae_config(),
+        name="demo-dense" if dense else "demo",
+        dit=dataclasses.replace(DEMO_DIT, patch_size=(1, patch, patch)), vae=vae or demo_vae_config(),
         t5=DEMO_T5, experts=experts, boundary=None if dense else 0.875, shift=5.0, steps=20,
         frames=17, fps=16, size=(128, 128), sizes=((128, 128),),
     )

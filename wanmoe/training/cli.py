@@ -27,6 +27,8 @@ def _dit_args(p) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--clips", type=int, default=2000, help="training clips to encode")
     p.add_argument("--mode", choices=("moe", "dense"), default="moe")
+    p.add_argument("--patch", type=int, choices=(1, 2), default=2,
+                   help="DiT spatial patch: 2 (Wan2.2's, 4x4 tokens a latent frame) or 1 (8x8)")
 
 
 def register_cli(subparsers) -> None:
@@ -99,8 +101,8 @@ def run(args) -> int:
         return 0
     tc = DiTTrainConfig(steps=args.dit_steps, batch=args.batch, seed=args.seed)
     if args.stage == "ablation":
-        return _ablation(D, work, tc)
-    run_ = D.stage_dit(work, args.mode, tc)
+        return _ablation(D, work, tc, args.patch)
+    run_ = D.stage_dit(work, args.mode, tc, patch=args.patch)
     print("validation loss by sigma:", json.dumps(D.val_table(work, run_)))
     dest = args.export
     if dest is None and args.stage == "all":
@@ -111,12 +113,12 @@ def run(args) -> int:
     return 0
 
 
-def _ablation(D, work: Path, tc) -> int:
+def _ablation(D, work: Path, tc, patch: int = 2) -> int:
     """Train (or reuse, when already trained with these settings) the two-expert and the dense
     run in the work folder, export both and write their validation losses by σ."""
     results = {}
     for mode in ("moe", "dense"):
-        r = D.stage_dit(work, mode, tc)
+        r = D.stage_dit(work, mode, tc, patch=patch)
         D.stage_export(work, r, work / f"ablation_{mode}")
         results[mode] = D.val_table(work, r)
     (work / "ablation_val.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -134,12 +134,12 @@ def stage_latents(work: Path, n_clips: int) -> Path:
     return path
 
 
-def stage_dit(work: Path, mode: str, tc: DiTTrainConfig, sub: str = "") -> DiTRun:
+def stage_dit(work: Path, mode: str, tc: DiTTrainConfig, sub: str = "", patch: int = 2) -> DiTRun:
     """Train (or resume) the experts of `mode` ("moe" or "dense") in work/sub."""
     lat = load_state(work / "latents.pt")
     if lat is None:
         raise FileNotFoundError(f"{work / 'latents.pt'} is missing; run the latents stage first")
-    preset = demo_preset(dense=mode == "dense")
+    preset = demo_preset(dense=mode == "dense", patch=patch)
     tok = load_tok(work, preset.t5.text_len)
     out = work / sub if sub else work
     run = DiTRun(preset, tok, lat["train"], training_scenes(lat["n"]), out, tc, mode)
@@ -171,7 +171,7 @@ def stage_export(work: Path, run: DiTRun, dest: Path) -> Path:
 
     st = load_state(work / "vae_final.pt")
     vae_cfg = demo_vae_config(tuple(st["mean"]), tuple(st["std"]))
-    preset = demo_preset(vae=vae_cfg, dense=run.mode == "dense")
+    preset = demo_preset(vae=vae_cfg, dense=run.mode == "dense", patch=run.preset.dit.patch_size[1])
     experts, text = ema_models(run)
     return write_folder(dest, preset, {k: m.state_dict() for k, m in experts.items()},
                         text.state_dict(), st["model"], run.tok.tokenizer)
