@@ -104,6 +104,11 @@ def held_out_triples() -> list[tuple[str, str, str]]:
     return [(c, s, m) for c in COLOURS for s in SHAPES for m in MOTIONS if is_held_out(c, s, m)]
 
 
+def _peak_scale(motion: str) -> float:
+    """Largest size of the object over its track, in units of its starting half-extent class."""
+    return 1.8 if motion in ("grow", "shrink") else 1.0
+
+
 def _start_for(motion: str, half: float, rng: random.Random, spread: bool = False
                ) -> tuple[float, float]:
     """Start point (fractions) that keeps the whole path of the object inside the frame.
@@ -113,10 +118,8 @@ def _start_for(motion: str, half: float, rng: random.Random, spread: bool = Fals
     it. `spread=True` (two-object scenes) draws anywhere the path fits, so objects can be kept
     apart.
     """
-    m = half / 128 + 0.03  # margin in frame fractions
+    m = _peak_scale(motion) * half / 128 + 0.03  # margin in frame fractions
     dx, dy = DIRECTIONS.get(motion, (0, 0))
-    if motion in ("grow", "shrink"):  # the object is 1.8x its size at one end
-        m = 1.8 * half / 128 + 0.03
     if not spread:
         def jitter(d: float) -> float:
             amp = JITTER_ALONG if d else JITTER_ACROSS
@@ -145,8 +148,7 @@ def _start_for(motion: str, half: float, rng: random.Random, spread: bool = Fals
 def _separated_start(first: SceneObject, half: float, rng: random.Random
                      ) -> tuple[float, float] | None:
     """Start for a second object with the same motion that never touches `first` (or None)."""
-    grow = 1.8 if first.motion in ("grow", "shrink") else 1.0
-    need = grow * 1.3 * (SIZES[first.size] + half) / 128 + 0.05
+    need = _peak_scale(first.motion) * 1.3 * (SIZES[first.size] + half) / 128 + 0.05
     for _ in range(50):
         p = _start_for(first.motion, half, rng, spread=True)
         if math.dist(p, first.start) >= need:
@@ -313,7 +315,7 @@ def held_out_scenes(n: int, seed: int = 12345, num_objects: int | None = 1) -> l
             while second is None:  # shrink the first object until a second one fits
                 second = _second_object(obj, rng)
                 obj = second and obj or SceneObject(shape, colour, "small", motion,
-                                                    _start_for(motion, SIZES["small"], rng, True))
+                                                    _start_for(motion, SIZES["small"], rng, spread))
             objs = (obj, second)
         bg = rng.choice(list(BACKGROUNDS))
         out.append(Scene(objs, bg, caption(objs, bg, rng)))

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -169,9 +170,8 @@ def stage_export(work: Path, run: DiTRun, dest: Path) -> Path:
     """Write the EMA weights of a run plus the VAE and tokenizer as a wanmoe-native folder."""
     from wanmoe.training.export import write_folder
 
-    st = load_state(work / "vae_final.pt")
-    vae_cfg = demo_vae_config(tuple(st["mean"]), tuple(st["std"]))
-    preset = demo_preset(vae=vae_cfg, dense=run.mode == "dense", patch=run.preset.dit.patch_size[1])
+    st = _vae_state(work, "vae_final.pt")
+    preset = dataclasses.replace(run.preset, vae=demo_vae_config(tuple(st["mean"]), tuple(st["std"])))
     experts, text = ema_models(run)
     return write_folder(dest, preset, {k: m.state_dict() for k, m in experts.items()},
                         text.state_dict(), st["model"], run.tok.tokenizer)
