@@ -135,10 +135,10 @@ def write_dit_folder(folder: Path, cfg: DiTConfig, model_type: str, seed: int) -
 
 def write_tokenizer(folder: Path, vocab_size: int = 256) -> int:
     """google/umt5-xxl-style tokenizer folder; returns the vocabulary size actually trained."""
-    from wanmoe.text.train_tokenizer import train_unigram_tokenizer
+    from wanmoe.text.train_tokenizer import fixed_unigram_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    tok = train_unigram_tokenizer(list(CORPUS), vocab_size)
+    tok = fixed_unigram_tokenizer(list(CORPUS), vocab_size)
     tok.save(str(folder / "tokenizer.json"))
     special = {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
