@@ -262,10 +262,11 @@ def load_lora(path_or_state_dict, model_keys: Iterable[str] | Mapping[str, tuple
             raise CheckpointError(f"LoRA {source}: module {module!r} gets deltas for two parameters "
                                   f"({params[module]}, {param})")
         roles = targets.setdefault(module, {})
-        if p.role in roles:
-            raise CheckpointError(f"LoRA {source}: {roles[p.role]!r} and {p.key!r} are both the "
-                                  f"{p.role} tensor of {module!r}")
-        roles[p.role] = p.key
+        role = "diff" if p.role == "diff_m" else p.role  # both are the parameter's full delta
+        if role in roles:
+            raise CheckpointError(f"LoRA {source}: {roles[role]!r} and {p.key!r} are both the "
+                                  f"{role} tensor of {module!r}")
+        roles[role] = p.key
     patches = _build_patches(targets, params, state, source, index)
     used = sum(len(roles) for roles in targets.values())
     report = LoRAReport(source, _family(lora_keys), naming, len(patches), used,
@@ -302,7 +303,7 @@ def _build_patches(targets: dict, params: dict, state: dict, source: str,
         if "up" in t and t["up"].shape[1] != t["down"].shape[0]:
             raise CheckpointError(f"LoRA {source}: {module!r} up {list(t['up'].shape)} and down "
                                   f"{list(t['down'].shape)} disagree on the rank")
-        weight = t.get("diff", t.get("diff_m"))
+        weight = t.get("diff")
         if "up" not in t and weight is None and "diff_b" not in t:
             continue  # an alpha alone changes nothing
         param = params.get(module, "weight")
