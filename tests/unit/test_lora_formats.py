@@ -178,3 +178,21 @@ def test_describe_from_header(tmp_path, state, factors):
     assert info["extras"] == {"diff_b": 1, "diff_m": 1}
     musubi = describe_lora(write_layout(factors, "musubi"))
     assert musubi["layout"] == "musubi/kohya" and musubi["alphas"] is None
+
+
+def test_corrupt_and_pickled_files(tmp_path, factors, keys):
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(CheckpointError, match="cut.safetensors"):
+        load_lora(bad, keys)
+    with pytest.raises(CheckpointError, match="cut.safetensors"):
+        describe_lora(bad)
+    pt = tmp_path / "old.pt"
+    torch.save(write_layout(factors, "comfy_down_up", 4.0), str(pt))
+    assert len(_quiet_load(pt, keys)) == len(factors)
+    assert describe_lora(pt)["ranks"] == [4] and describe_lora(pt)["path"] == str(pt)
+
+
+def test_bias_delta_shape_is_checked(keys):
+    with pytest.raises(CheckpointError, match="bias delta"):
+        load_lora({"diffusion_model.blocks.0.self_attn.q.diff_b": torch.zeros(7)}, keys)

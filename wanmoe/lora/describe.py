@@ -61,6 +61,11 @@ def _kind(module: str, role: str) -> str:
 
 def describe_lora(path_or_state) -> dict:
     """Layout, ranks, alphas, target count and kinds of a LoRA file (or an in-memory state dict)."""
+    if not isinstance(path_or_state, Mapping) and Path(path_or_state).suffix != ".safetensors":
+        from wanmoe.lora.formats import read_state
+
+        source, state = read_state(path_or_state)  # a pickle has no header: read it whole
+        return {**describe_lora(state), "path": source}
     if isinstance(path_or_state, Mapping):
         shapes = {k: (str(v.dtype).replace("torch.", ""), list(v.shape)) for k, v in path_or_state.items()}
         alpha_of = {k: float(v.reshape(-1)[0].item()) for k, v in path_or_state.items()}

@@ -126,14 +126,15 @@ def read_state(path_or_state) -> tuple[str, dict[str, torch.Tensor]]:
     path = Path(path_or_state)
     if not path.is_file():
         raise CheckpointError(f"LoRA file {str(path)!r} does not exist")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as e:
         raise CheckpointError(f"LoRA file {str(path)!r} cannot be read: {e}") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"LoRA file {str(path)!r} is not a flat name -> tensor state dict")
@@ -324,6 +325,10 @@ def _check_shapes(p: LoRAPatch, index: ModuleIndex) -> None:
                                                 and torch.Size(got).numel() == torch.Size(want).numel()):
         raise CheckpointError(f"LoRA {p.source}: delta for {p.target!r} has shape {list(got)}, the "
                               f"model's {list(want)}; the LoRA is for another model size")
+    bias = index.shapes.get(f"{p.module}.bias")
+    if p.diff_b is not None and (bias is None or tuple(bias) != tuple(p.diff_b.shape)):
+        raise CheckpointError(f"LoRA {p.source}: bias delta for {p.module!r} has shape "
+                              f"{list(p.diff_b.shape)}, the model's bias {bias}")
 
 
 def _family(keys: list[LoRAKey]) -> str:
