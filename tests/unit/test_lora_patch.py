@@ -177,3 +177,23 @@ def test_errors():
         merge_loras(other, [(lora, 1.0)])
     with pytest.raises(InputError, match="quantised"):
         lora.patches["blocks.0.ffn.0"].merge_into(torch.zeros(128, 96, dtype=torch.int8))
+
+
+def test_weight_path_merge_equals_model_merge():
+    """merge_patches / merge_bias (per linear, as the weight path calls them) give the same
+    bits as merge_loras on the model, for bf16 storage and two LoRAs on one linear."""
+    from wanmoe.lora import merge_bias, merge_patches
+
+    model = _model(dtype=torch.bfloat16)
+    state = _state(model)
+    f = lora_factors(state, ["head.head", "blocks.0.ffn.2"], rank=4, seed=11)
+    loras = [(load_lora(write_layout(f, "comfy_down_up", 2.0), set(state)), 0.6),
+             (load_lora(_deltas(state), set(state)), -0.4)]
+    rp = runtime_patches(model, loras)
+    merge_loras(model, loras)
+    after = model.state_dict()
+    for module in ("head.head", "blocks.0.ffn.2"):
+        w = merge_patches(state[f"{module}.weight"], rp[module])
+        b = merge_bias(state[f"{module}.bias"], rp[module])
+        assert torch.equal(w, after[f"{module}.weight"]) and torch.equal(b, after[f"{module}.bias"])
+    assert merge_patches(state["blocks.1.ffn.0.weight"], []) is state["blocks.1.ffn.0.weight"]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from wanmoe.lora.describe import describe_lora
 from wanmoe.lora.formats import LoRAReport, LoRASet, LoRAWarning, load_lora
-from wanmoe.lora.patch import (LoRAPatch, linear_with_patches, merge_loras, runtime_patches,
-                               scaled_patches)
+from wanmoe.lora.patch import (LoRAPatch, linear_with_patches, merge_bias, merge_loras,
+                               merge_patches, runtime_patches, scaled_patches)
 
 __all__ = ["LoRAPatch", "LoRAReport", "LoRASet", "LoRAWarning", "describe_lora",
-           "linear_with_patches", "load_lora", "merge_loras", "runtime_patches", "scaled_patches"]
+           "linear_with_patches", "load_lora", "merge_bias", "merge_loras", "merge_patches",
+           "runtime_patches", "scaled_patches"]

@@ -163,6 +163,35 @@ class LoRAPatch:
         return y
 
 
+def merge_patches(weight: torch.Tensor, patches: Sequence[LoRAPatch]) -> torch.Tensor:
+    """W + Σ ΔW: one float32 copy, every weight delta added in order, one rounding to W's dtype.
+
+    What the weight path does per linear after fetch -> dequantise -> cast (W is not modified).
+    """
+    live = [p for p in patches if p.strength != 0 and (p.is_low_rank or p.diff is not None)]
+    if not live:
+        return weight
+    _check_float(weight, live[0].target)
+    acc = weight.to(torch.float32, copy=True)
+    for p in live:
+        p.add_to_(acc)
+    return acc.to(weight.dtype)
+
+
+def merge_bias(bias: torch.Tensor | None, patches: Sequence[LoRAPatch]) -> torch.Tensor | None:
+    """b + Σ Δb the same way (None stays None: a bias delta needs a bias to land in)."""
+    live = [p for p in patches if p.strength != 0 and p.diff_b is not None]
+    if bias is None or not live:
+        if live:
+            raise InputError(f"LoRA {live[0].source} has a bias delta for {live[0].module!r}, "
+                             f"which has no bias")
+        return bias
+    acc = bias.to(torch.float32, copy=True)
+    for p in live:
+        p.add_bias_to_(acc)
+    return acc.to(bias.dtype)
+
+
 def linear_with_patches(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                         patches: Sequence[LoRAPatch]) -> torch.Tensor:
     """Reference side-branch linear: F.linear(x, W, b) + Σ side(x), all in x's dtype."""
