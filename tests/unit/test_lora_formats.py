@@ -196,3 +196,29 @@ def test_corrupt_and_pickled_files(tmp_path, factors, keys):
 def test_bias_delta_shape_is_checked(keys):
     with pytest.raises(CheckpointError, match="bias delta"):
         load_lora({"diffusion_model.blocks.0.self_attn.q.diff_b": torch.zeros(7)}, keys)
+
+
+@pytest.mark.parametrize("layout", ["comfy_down_up", "musubi", "diffusers"])
+def test_full_size_a14b_lightning_shaped_lora(layout, manifests_dir):
+    """A rank-64 LoRA on every block linear of the real T2V-A14B layout (400 targets, the shape of
+    the Lightning files), built on the meta device, resolves completely with shape checks; the
+    Wan2.1 I2V image keys some lightx2v files carry are skipped with the note."""
+    import json
+
+    real = json.loads((manifests_dir / "official-wan22-t2v-a14b-dit.json").read_text())
+    shapes = {t["name"]: tuple(t["shape"]) for t in real["tensors"]}
+    factors = {}
+    for m in block_modules(40):
+        o, i = shapes[f"{m}.weight"]
+        factors[m] = (torch.empty(64, i, device="meta"), torch.empty(o, 64, device="meta"))
+    sd = write_layout(factors, layout, alpha=64.0)
+    if layout == "comfy_down_up":
+        sd["diffusion_model.blocks.0.cross_attn.k_img.lora_down.weight"] = torch.empty(64, 5120, device="meta")
+        sd["diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight"] = torch.empty(5120, 64, device="meta")
+        with pytest.warns(LoRAWarning, match="2 Wan2.1 image-conditioning"):
+            lora = load_lora(sd, shapes)
+    else:
+        lora = _quiet_load(sd, shapes)
+    assert len(lora) == 400 and set(lora.patches) == set(factors)
+    assert lora.patches["blocks.39.ffn.0"].weight_shape == (13824, 5120)
+    assert lora.patches["blocks.10.self_attn.q"].scale == 1.0
