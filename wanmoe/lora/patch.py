@@ -92,10 +92,11 @@ class LoRAPatch:
                        diff_b=mv(self.diff_b))
 
     # ---- full deltas --------------------------------------------------------------------------
-    def _low_rank_delta(self, dtype, shape) -> torch.Tensor:
-        up = self.up.flatten(1).to(torch.float32)      # [out, r]
-        down = self.down.flatten(1).to(torch.float32)  # [r, in*k]
-        d = self.scale * torch.mm(up, down)            # fp32, as the references
+    def _low_rank_delta(self, dtype, shape, device=None) -> torch.Tensor:
+        # the factors move to the weight's device first: the product is [out, in], they are small
+        up = self.up.flatten(1).to(device=device, dtype=torch.float32)      # [out, r]
+        down = self.down.flatten(1).to(device=device, dtype=torch.float32)  # [r, in*k]
+        d = self.scale * torch.mm(up, down)  # fp32, as the references
         return d.reshape(shape or self.weight_shape).to(dtype)
 
     def delta(self, dtype: torch.dtype = torch.float32, shape=None) -> torch.Tensor:
@@ -121,14 +122,14 @@ class LoRAPatch:
         if self.strength == 0:
             return
         if self.up is not None:
-            w32 += self._low_rank_delta(torch.float32, w32.shape).to(w32.device)
+            w32 += self._low_rank_delta(torch.float32, w32.shape, w32.device)
         if self.diff is not None:
-            w32 += (self.strength * self.diff.to(torch.float32)).reshape(w32.shape).to(w32.device)
+            w32 += self.strength * self.diff.to(device=w32.device, dtype=torch.float32).reshape(w32.shape)
 
     def add_bias_to_(self, b32: torch.Tensor) -> None:
         if self.strength == 0 or self.diff_b is None:
             return
-        b32 += (self.strength * self.diff_b.to(torch.float32)).reshape(b32.shape).to(b32.device)
+        b32 += self.strength * self.diff_b.to(device=b32.device, dtype=torch.float32).reshape(b32.shape)
 
     def merge_into(self, weight: torch.Tensor) -> torch.Tensor:
         """W + ΔW computed in fp32 and rounded once to W's dtype (a new tensor; W is untouched)."""
