@@ -1,4 +1,4 @@
-"""runtime.attention: fast backends vs the plain-softmax reference, masking, backend switch."""
+"""runtime.attention: fast backends vs the plain-softmax reference, masking, per-module backends."""
 
 import pytest
 import torch
@@ -55,18 +55,20 @@ def test_masked_keys_do_not_matter(backend):
     assert torch.equal(A.attention(q, k2, v2, kl, backend=backend), base)
 
 
-def test_backend_switch():
-    assert A.get_attention_backend() == "auto"
-    with A.attention_backend("reference"):
-        assert A.get_attention_backend() == "reference"
-    assert A.get_attention_backend() == "auto"
-    A.set_attention_backend("sdpa")
-    try:
-        assert A.get_attention_backend() == "sdpa"
-    finally:
-        A.set_attention_backend("auto")
+def test_backend_is_set_per_module_not_per_process():
+    from wanmoe.models.attention import attention_sdpa
+    from wanmoe.models.dit import WanDiT
+    from helpers_dit import TINY
+
+    m1, m2 = WanDiT(TINY), WanDiT(TINY)
+    assert A.set_attention(m1, "reference") == 2 * TINY.num_layers  # self + cross per block
+    assert all(b.self_attn.attn_fn is A.attention_reference for b in m1.blocks)
+    assert all(b.cross_attn.attn_fn is attention_sdpa for b in m2.blocks)  # untouched
+    with A.using_attention(m2, "reference"):
+        assert all(b.self_attn.attn_fn is A.attention_reference for b in m2.blocks)
+    assert all(b.self_attn.attn_fn is attention_sdpa for b in m2.blocks)  # restored
     with pytest.raises(InputError, match="unknown"):
-        A.set_attention_backend("xformers")
+        A.set_attention(m1, "xformers")
 
 
 def test_flash_needs_cuda():

@@ -11,7 +11,7 @@ from wanmoe.configs import DiTConfig
 from wanmoe.errors import InputError
 from wanmoe.models.dit import WanDiT
 from wanmoe.models.rope import rope_apply, rope_table
-from wanmoe.runtime.attention import attention_backend
+from wanmoe.runtime.attention import using_attention
 
 # fp32 forwards of the same math in a different batch layout / padding: a few ulps of the
 # output scale (~4) from different GEMM blocking; 1e-5 relative leaves a wide margin.
@@ -52,7 +52,7 @@ def test_batch_of_two_equals_two_singles(tiny):
 def test_sequence_padding_is_masked(tiny, backend):
     x = torch.randn(2, 16, 3, 4, 6)  # 3*2*3 = 18 tokens
     t, ctx = torch.tensor([700, 3]), [torch.randn(9, 32), torch.randn(2, 32)]
-    with attention_backend(backend):
+    with using_attention(tiny, backend):
         plain = tiny(x, t, ctx)
         padded = tiny(x, t, ctx, seq_len=31)
     assert padded.shape == plain.shape
@@ -141,7 +141,7 @@ def test_benchmark_flop_formula_matches_flop_counter(tiny):
 
     bench = load_benchmark("bench_dit")
     x = torch.randn(1, 16, 4, 8, 8)  # 64 tokens
-    with FlopCounterMode(display=False) as counter, attention_backend("reference"):
+    with FlopCounterMode(display=False) as counter, using_attention(tiny, "reference"):
         tiny(x, torch.tensor([5]), [torch.randn(3, 32)])
     assert counter.get_total_flops() == bench.dit_flops(TINY, 64)
 

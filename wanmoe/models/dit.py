@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -22,8 +23,8 @@ from wanmoe.configs import DiTConfig
 from wanmoe.errors import InputError
 from wanmoe.models.layers import (CastConv3d, CastLinear, TanhGELU, WanLayerNorm, WanRMSNorm,
                                   sinusoidal_embedding, xavier_uniform_)
+from wanmoe.models.attention import attention_sdpa
 from wanmoe.models.rope import rope_apply, rope_table
-from wanmoe.runtime.attention import attention
 
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -31,14 +32,54 @@ COMPUTE_DTYPES = (torch.float32, torch.bfloat16)
 _LOWP_PARAM = re.compile(
     r"^(patch_embedding|text_embedding\.[02]|blocks\.\d+\.(self_attn|cross_attn)\.[qkvo]"
     r"|blocks\.\d+\.ffn\.[02])\.(weight|bias)$")
+# The linears a weight format may quantise: q/k/v/o of both attentions and the two FFN
+# linears of every block (formats.md §4). Embeddings, time MLPs, modulation, head, norms and
+# biases stay in high precision.
+_QUANTISABLE = re.compile(r"^blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])$")
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What the runtime may rely on about a model, stated once on the model class.
+
+    lowp_params: parameter names computed in the low-precision region (all others fp32);
+    quantisable: module paths of the linears a weight format may quantise;
+    repeated: the attribute holding the repeated blocks (streaming, caching, checkpointing);
+    sequence_dim: the token axis of the activations between blocks ([B, L, d] -> 1), the axis a
+    sequence-parallel plan splits; heads_attr: the attribute giving the head count per attention.
+    """
+
+    lowp_params: re.Pattern
+    quantisable: re.Pattern
+    repeated: str = "blocks"
+    sequence_dim: int = 1
+    heads_attr: str = "num_heads"
+
+    def is_quantisable(self, module_name: str) -> bool:
+        return self.quantisable.match(module_name) is not None
+
+    def is_lowp(self, param_name: str) -> bool:
+        return self.lowp_params.match(param_name) is not None
+
+
+def run_blocks(blocks, h, e0, context, rope, k_lens, lowp):
+    """The default block runner: every block in order (`WanDiT.block_runner` hook)."""
+    for block in blocks:
+        h = block(h, e0, context, rope, k_lens, lowp)
+    return h
 
 
 class WanAttention(nn.Module):
-    """q/k/v/o projections with full-width RMSNorm on q and k (self- or cross-attention)."""
+    """q/k/v/o projections with full-width RMSNorm on q and k (self- or cross-attention).
+
+    Hook point: `attn_fn(q, k, v, k_lens)` is the attention itself (`models.attention`
+    contract); the runtime swaps it per module (flash-attn, sequence parallel, ...).
+    """
 
     def __init__(self, dim: int, num_heads: int, eps: float) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.attn_fn = attention_sdpa
         self.q, self.k, self.v, self.o = (CastLinear(dim, dim) for _ in range(4))
         self.norm_q = WanRMSNorm(dim, eps)
         self.norm_k = WanRMSNorm(dim, eps)
@@ -56,7 +97,7 @@ class WanAttention(nn.Module):
         if rope is not None:
             q, k = rope_apply(q, rope), rope_apply(k, rope)  # float64 -> float32
         # The official flash-attn call rounds q/k/v to bf16; o then runs in bf16 again.
-        y = attention(q.to(lowp), k.to(lowp), v.to(lowp), k_lens)  # [B, L, N, hd]
+        y = self.attn_fn(q.to(lowp), k.to(lowp), v.to(lowp), k_lens)  # [B, L, N, hd]
         return self.o(y.flatten(2))
 
 
@@ -102,11 +143,20 @@ class WanHead(nn.Module):
 
 
 class WanDiT(nn.Module):
-    """The Wan2.x text-to-video diffusion transformer with official parameter names."""
+    """The Wan2.x text-to-video diffusion transformer with official parameter names.
+
+    Hook points: `block_runner(blocks, h, e0, context, rope, k_lens, lowp) -> h` runs the
+    repeated blocks (default `run_blocks`; block streaming, caching and sequence parallel
+    replace it), and each attention module's `attn_fn`. `meta` states what the runtime may
+    rely on (fp32 parameters, quantisable linears, the repeated block, the sequence axis).
+    """
+
+    meta = ModelMeta(lowp_params=_LOWP_PARAM, quantisable=_QUANTISABLE)
 
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.block_runner = run_blocks
         d = cfg.dim
         self.compute_dtype = torch.float32
         self.per_token_time = False  # see set_per_token_time
@@ -139,7 +189,7 @@ class WanDiT(nn.Module):
     @staticmethod
     def storage_dtype(name: str, compute_dtype: torch.dtype) -> torch.dtype:
         """dtype to store parameter `name` in: compute dtype for bf16-region matmuls, else fp32."""
-        return compute_dtype if _LOWP_PARAM.match(name) else torch.float32
+        return compute_dtype if WanDiT.meta.is_lowp(name) else torch.float32
 
     # ---- initialisation --------------------------------------------------------------------
     def init_weights(self) -> None:
@@ -221,8 +271,7 @@ class WanDiT(nn.Module):
         e, e0 = self.time_embed(t.to(x.device), b, seq_len)
         ctx = self.embed_text(context, lowp, x.device)
         rope = rope_table(grid, self.cfg.rope_split, seq_len, device=x.device)
-        for block in self.blocks:
-            h = block(h, e0, ctx, rope, k_lens, lowp)
+        h = self.block_runner(self.blocks, h, e0, ctx, rope, k_lens, lowp)
         out = self.head(h, e)  # [B, L, prod(patch) * C_out] fp32
         return self.unpatchify(out[:, :n], grid)
 

@@ -1,13 +1,13 @@
-"""Attention with per-sample key lengths: a plain-softmax reference and fast backends.
+"""Attention backends, set per attention module (no process-wide switch).
 
-`attention(q, k, v, k_lens=None)` with q [B, Lq, N, hd], k/v [B, Lk, N, hd]: keys (and values)
-at positions >= k_lens[b] are excluded for sample b; queries are never masked; softmax scale
-1/sqrt(hd); output [B, Lq, N, hd] in q's input dtype. Inputs are used in the dtype given; the DiT
-casts them to bf16 first in bf16 mode (the official flash-attn call, spec §2.7).
+Contract of every backend: see `wanmoe.models.attention` (q [B, Lq, N, hd], k/v [B, Lk, N, hd],
+key lengths k_lens, output in q's dtype). Backends: "reference" (explicit fp32 softmax),
+"sdpa" (torch scaled_dot_product_attention, the model's default), "flash" (flash-attn 3/2
+varlen API, CUDA + fp16/bf16 only), "auto" (flash when usable for the call, else sdpa).
 
-Backends: "reference" (explicit fp32 softmax), "sdpa" (torch scaled_dot_product_attention),
-"flash" (flash-attn 3/2 varlen API, CUDA + fp16/bf16 only), "auto" (flash when usable, else sdpa).
-Select with `set_attention_backend(name)` or, scoped, `with attention_backend(name): ...`.
+`set_attention(model, name)` installs a backend on every module of `model` that has an
+`attn_fn` hook (the DiT's self- and cross-attention); `attention(q, k, v, k_lens, backend)` calls
+one backend directly.
 """
 
 from __future__ import annotations
@@ -19,48 +19,18 @@ import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from wanmoe.errors import InputError
+from wanmoe.models.attention import attention_reference, attention_sdpa, lens_list
 
 BACKENDS = ("auto", "reference", "sdpa", "flash")
-
-
-class _BackendChoice:
-    """Holds the process-wide attention backend name (mutated in place, never rebound)."""
-
-    def __init__(self) -> None:
-        self.name = "auto"
-
-
-_CHOICE = _BackendChoice()
 
 
 def _check_name(name: str) -> str:
     if name not in BACKENDS:
         raise InputError(f"attention backend {name!r} is unknown; choose one of {list(BACKENDS)}")
     return name
-
-
-def set_attention_backend(name: str) -> None:
-    """Select the backend used by `attention` when no `backend=` argument is given."""
-    _CHOICE.name = _check_name(name)
-
-
-def get_attention_backend() -> str:
-    """Name of the currently selected backend ("auto" unless changed)."""
-    return _CHOICE.name
-
-
-@contextlib.contextmanager
-def attention_backend(name: str) -> Iterator[None]:
-    """Context manager selecting a backend for the enclosed code, restoring the previous one."""
-    prev = _CHOICE.name
-    _CHOICE.name = _check_name(name)
-    try:
-        yield
-    finally:
-        _CHOICE.name = prev
 
 
 @functools.cache  # an import probe: failed imports would otherwise re-scan sys.path on every call
@@ -79,40 +49,6 @@ def flash_available(q: torch.Tensor) -> bool:
     return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_module() is not None
 
 
-def _lens_list(k_lens: torch.Tensor | None, b: int, lk: int) -> list[int]:
-    if k_lens is None:
-        return [lk] * b
-    return [min(int(n), lk) for n in k_lens.tolist()]
-
-
-def attention_reference(q, k, v, k_lens=None):
-    """Plain PyTorch attention: fp32 scores, explicit masked softmax, fp32 accumulation."""
-    b, lq, n, hd = q.shape
-    lk = k.shape[1]
-    qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))  # [B, N, L, hd]
-    scores = qf @ kf.transpose(-1, -2) * (1.0 / math.sqrt(hd))  # [B, N, Lq, Lk]
-    if k_lens is not None:
-        keep = torch.arange(lk, device=q.device)[None, :] < k_lens.to(q.device)[:, None]  # [B, Lk]
-        scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
-    out = torch.softmax(scores, dim=-1) @ vf  # [B, N, Lq, hd]
-    return out.transpose(1, 2).to(q.dtype)
-
-
-def attention_sdpa(q, k, v, k_lens=None):
-    """torch SDPA; equal key lengths are handled by slicing (no mask, so flash kernels stay usable)."""
-    b, lq, n, hd = q.shape
-    lens = _lens_list(k_lens, b, k.shape[1])
-    qt = q.transpose(1, 2)
-    if len(set(lens)) == 1:
-        kt, vt = k[:, : lens[0]].transpose(1, 2), v[:, : lens[0]].transpose(1, 2)
-        out = F.scaled_dot_product_attention(qt, kt, vt)
-    else:
-        keep = torch.arange(k.shape[1], device=q.device)[None, :] < torch.tensor(lens, device=q.device)[:, None]
-        out = F.scaled_dot_product_attention(qt, k.transpose(1, 2).to(q.dtype), v.transpose(1, 2).to(q.dtype),
-                                             attn_mask=keep[:, None, None, :])
-    return out.transpose(1, 2).to(q.dtype)
-
-
 def attention_flash(q, k, v, k_lens=None):
     """flash-attn varlen call as upstream: all queries, keys packed per sample up to k_lens."""
     mod = _flash_module()
@@ -120,7 +56,7 @@ def attention_flash(q, k, v, k_lens=None):
         raise InputError("attention backend 'flash' needs CUDA and the flash-attn package "
                          "(pip install flash-attn); use 'sdpa' or 'auto' instead")
     b, lq, n, hd = q.shape
-    lens = _lens_list(k_lens, b, k.shape[1])
+    lens = lens_list(k_lens, b, k.shape[1])
     half = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
     qp = q.to(half).reshape(b * lq, n, hd)
     kp = torch.cat([k[i, : lens[i]] for i in range(b)]).to(half)  # [sum(lens), N, hd]
@@ -134,13 +70,45 @@ def attention_flash(q, k, v, k_lens=None):
     return out.reshape(b, lq, n, hd).to(q.dtype)
 
 
-def attention(q, k, v, k_lens=None, backend: str | None = None):
-    """Masked attention dispatching to the selected backend (see module docstring)."""
-    name = _check_name(backend or _CHOICE.name)
-    if name == "auto":
-        name = "flash" if flash_available(q) else "sdpa"
-    if name == "reference":
-        return attention_reference(q, k, v, k_lens)
-    if name == "flash":
+def attention_auto(q, k, v, k_lens=None):
+    """flash-attn when it can run this call (CUDA, fp16/bf16, installed), else torch SDPA."""
+    if flash_available(q):
         return attention_flash(q, k, v, k_lens)
     return attention_sdpa(q, k, v, k_lens)
+
+
+_FUNCTIONS = {"auto": attention_auto, "reference": attention_reference, "sdpa": attention_sdpa,
+              "flash": attention_flash}
+
+
+def backend_function(name: str):
+    """The attention function of backend `name`."""
+    return _FUNCTIONS[_check_name(name)]
+
+
+def attention(q, k, v, k_lens=None, backend: str = "auto"):
+    """Masked attention through backend `backend` (see the module docstring)."""
+    return backend_function(backend)(q, k, v, k_lens)
+
+
+def set_attention(model: nn.Module, backend: str) -> int:
+    """Install `backend` on every module of `model` with an `attn_fn` hook; returns how many."""
+    fn = backend_function(backend)
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "attn_fn"):
+            module.attn_fn = fn
+            n += 1
+    return n
+
+
+@contextlib.contextmanager
+def using_attention(model: nn.Module, backend: str) -> Iterator[nn.Module]:
+    """`set_attention` for the enclosed code; every module gets its previous function back."""
+    previous = [(m, m.attn_fn) for m in model.modules() if hasattr(m, "attn_fn")]
+    set_attention(model, backend)
+    try:
+        yield model
+    finally:
+        for module, fn in previous:
+            module.attn_fn = fn

@@ -15,14 +15,16 @@ import torch
 from torch import nn
 
 from wanmoe.errors import CheckpointError, InputError
+from wanmoe.models.dit import WanDiT
 from wanmoe.loading.sources import TensorSource
 from wanmoe.runtime.quant.gguf_dequant import GGUFWeight
 from wanmoe.runtime.quant.linear import DequantWorkspace, FP8Linear, GGUFLinear, Int8Linear, _QuantLinear
 from wanmoe.runtime.quant.quantize import quantize_fp8, quantize_int8
 
 MODES = ("bf16", "fp8", "int8", "keep")
-# Official names of the block linears that are quantised (module paths, no ".weight").
-BLOCK_LINEAR_RE = re.compile(r"^blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])$")
+# Official names of the block linears that are quantised (module paths, no ".weight"): the
+# DiT's own metadata (`WanDiT.meta.quantisable`), the one source of truth.
+BLOCK_LINEAR_RE = WanDiT.meta.quantisable
 
 
 @dataclass
