@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 from .errors import InputError, WanmoeError
+from .runtime.attention import BACKENDS as ATTENTION_BACKENDS
+from .runtime.config import OffloadMode, WeightMode
+from .sampling import PRESETS, SOLVERS
 
 # name -> (module providing register_cli(subparsers), one-line help shown in `wanmoe --help`)
 OPTIONAL_COMMANDS = {
@@ -47,15 +50,26 @@ def _add_generate(sub) -> None:
                                          "(A14B 4.0,3.0, TI2V-5B 5.0)")
     g.add_argument("--boundary", type=float, help="MoE switch as a timestep fraction (A14B 0.875)")
     g.add_argument("--boundary-snr", type=float, help="MoE switch as an SNR (0.875 = SNR 1/49)")
-    g.add_argument("--solver", default="unipc", choices=["unipc", "dpm++", "euler"])
+    g.add_argument("--solver", default=None, choices=list(SOLVERS),
+                   help="default unipc (official); euler-lightning is the Lightning 4-step grid")
+    g.add_argument("--preset", choices=sorted(PRESETS),
+                   help="a named set of sampling values; lightning = --solver euler-lightning "
+                        "--steps 4 --shift 5 --guide-scale 1 (for the 4-step distilled LoRAs); "
+                        "flags given explicitly win")
     g.add_argument("--seed", type=int, default=-1, help="-1 = random (printed)")
     r = p.add_argument_group("runtime")
     r.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     r.add_argument("--dtype", choices=["bf16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
-    r.add_argument("--weights", choices=["bf16", "fp8", "int8", "keep"],
+    r.add_argument("--weights", choices=[m.value for m in WeightMode if m is not WeightMode.DEFAULT],
                    help="DiT weight storage (default: as --dtype needs; keep = as stored, e.g. GGUF)")
-    r.add_argument("--offload", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep only the active expert on the GPU (default: when both do not fit)")
+    r.add_argument("--offload", nargs="?", const="expert", choices=[m.value for m in OffloadMode],
+                   help="expert = keep only the active expert on the GPU (bare --offload); none; "
+                        "auto (default: expert when all experts take more than half the GPU)")
+    r.add_argument("--no-offload", dest="offload", action="store_const", const="none",
+                   help="same as --offload none")
+    r.add_argument("--attention", default="auto", choices=list(ATTENTION_BACKENDS),
+                   help="attention backend (auto: flash-attn when installed and on CUDA, else "
+                        "torch SDPA; reference: plain fp32 softmax)")
     r.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU")
     r.add_argument("--batched-cfg", action="store_true",
                    help="run the conditional and unconditional passes as one batch of 2")
@@ -98,35 +112,44 @@ def _check_out(path: str | None, suffix: str, flag: str) -> Path | None:
     return p
 
 
+def _sampling_values(args) -> dict:
+    """Sampling flags, with a --preset's values filling the ones not given."""
+    values = {"steps": args.steps, "shift": args.shift, "guide_scale": args.guide_scale,
+              "solver": args.solver}
+    for key, value in (PRESETS[args.preset] if args.preset else {}).items():
+        if values.get(key) is None:
+            values[key] = value
+    values["solver"] = values["solver"] or "unipc"
+    return values
+
+
 def _cmd_generate(args) -> int:
     from . import pipeline as P
-    from .validate import check_weights, parse_device, parse_dtype, parse_vae_tile, settings_for
+    from .request import runtime_config
+    from .validate import parse_vae_tile, settings_for
 
     prompt = _prompt(args)
-    device = parse_device(args.device)
-    dtype = parse_dtype(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
-    check_weights(args.weights)
+    rt = runtime_config(args.device, args.dtype, weights=args.weights, offload=args.offload,
+                        text_device="cpu" if args.t5_cpu else None, attention=args.attention,
+                        batched_cfg=args.batched_cfg, per_token_time=args.per_token_time)
     tiling = parse_vae_tile(args.vae_tile)
     out = _check_out(args.out, ".mp4", "--out")
     latents_path = _check_out(args.save_latents, ".safetensors", "--save-latents")
     strip_path = _check_out(args.save_strip, ".png", "--save-strip")
     spec = P.resolve(args.ckpt_dir, high=args.high, low=args.low, vae=args.vae,
                      text_encoder=args.text_encoder, tokenizer=args.tokenizer)  # headers only
-    settings = settings_for(spec.preset, size=args.size, frames=args.frames, steps=args.steps,
-                            shift=args.shift, guide_scale=args.guide_scale, boundary=args.boundary,
-                            boundary_snr=args.boundary_snr, solver=args.solver, seed=args.seed)
+    settings = settings_for(spec.preset, size=args.size, frames=args.frames,
+                            boundary=args.boundary, boundary_snr=args.boundary_snr,
+                            seed=args.seed, **_sampling_values(args))
     print(f"model: {spec.preset.name} ({spec.layout}) | size {settings.width}*{settings.height} | "
           f"{settings.frames} frames | {settings.steps} steps | solver {settings.solver} | "
           f"seed {settings.seed}", file=sys.stderr)
     for p in (out, latents_path, strip_path):
         if p is not None:
             p.parent.mkdir(parents=True, exist_ok=True)  # only now that every value is valid
-    pipe = P.load_pipeline(spec=spec, device=device, dtype=dtype, weights=args.weights,
-                           offload=args.offload, text_encoder_device="cpu" if args.t5_cpu else None,
-                           per_token_time=args.per_token_time)
+    pipe = P.load_pipeline(spec=spec, runtime=rt)
     result = pipe.generate(prompt, args.negative_prompt, settings=settings,
-                           batched_cfg=args.batched_cfg, progress=not args.quiet,
-                           vae_tiling=tiling)
+                           progress=not args.quiet, vae_tiling=tiling)
     t0 = time.perf_counter()
     from .video import save_latents, save_png_strip, write_mp4
 
@@ -142,7 +165,7 @@ def _cmd_generate(args) -> int:
     print(f"seed: {result.seed}")
     print(f"wrote {out} ({f} frames, {w}x{h}, {result.fps} fps)")
     print("time per stage: " + " | ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
-    kind = "GPU max allocated" if device.type == "cuda" else "CPU peak RSS"
+    kind = "GPU max allocated" if rt.device.type == "cuda" else "CPU peak RSS"
     print(f"peak memory: {P.describe_memory(result.peak_memory_bytes)} ({kind})")
     return 0
 

@@ -1,16 +1,11 @@
 """Text -> latents -> video: the Wan2.2 text-to-video pipeline (spec §1, §3, §4.2).
 
-The data path reads straight through: validate -> text encode (prompt and negative prompt in
-separate calls) -> initial noise -> expert schedule + solver -> CFG denoise loop -> VAE decode ->
-uint8 frames. Device placement is the only policy here, and a simple one:
-
-* dtype: bf16 on CUDA (the official mixed precision, spec §2.8), fp32 on CPU (bf16 matmuls are
-  slow on most CPUs; pass dtype="bf16" on a CPU to reproduce the official GPU numbers).
-* offload=None: on CUDA, keep every expert resident when the DiT weights of all experts take at
-  most half of the GPU's memory, otherwise keep only the active expert on the GPU and move the
-  other one to the CPU at the stage change (the official single-GPU behaviour, spec §3). On a CPU
-  there is nothing to offload to.
-* quantisation is asked for by name (`weights`) and done by `wanmoe.runtime.quant`.
+The data path reads straight through: text encode (prompt and negative prompt in separate
+calls) -> initial noise -> the request's expert schedule + solver -> CFG denoise loop -> VAE
+decode -> uint8 frames. This module owns no device, memory or quantisation policy: what runs
+where comes from a `RuntimeConfig` (built at the edge, `wanmoe.request.runtime_config`) and is
+carried out by the policy objects of `wanmoe.runtime` (expert placement, text-encoder placement,
+attention backends, the weight path), which the pipeline only calls.
 """
 
 from __future__ import annotations
@@ -25,10 +20,13 @@ import torch
 
 from .configs import OFFICIAL_NEGATIVE_PROMPT, ModelPreset
 from .errors import CheckpointError
-from .validate import Settings, parse_device, parse_dtype, settings_for
+from .request import GenerationRequest, RuntimeConfig, runtime_config
+from .runtime.offload import Resident, choose_offload, placement_for
+from .runtime.text_placement import encoder_on
+from .validate import settings_for
 
+Settings = GenerationRequest  # the old name, kept for the Python API
 DEMO_DIR = Path(__file__).resolve().parent / "demo" / "assets"
-OFFLOAD_FRACTION = 0.5  # auto-offload when all experts' weights exceed this share of GPU memory
 
 
 @dataclass
@@ -39,7 +37,7 @@ class GenerationResult:
     latents: torch.Tensor  # float32 [C, F_lat, H_lat, W_lat], CPU
     fps: int
     seed: int
-    settings: Settings
+    settings: GenerationRequest
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     peak_memory_bytes: int = 0
     expert_per_step: list[str] = field(default_factory=list)
@@ -51,7 +49,7 @@ def default_negative_prompt(preset: ModelPreset) -> str:
     return OFFICIAL_NEGATIVE_PROMPT if neg is None else neg
 
 
-def latent_shape(preset: ModelPreset, settings: Settings) -> list[int]:
+def latent_shape(preset: ModelPreset, settings: GenerationRequest) -> list[int]:
     """[z, F_lat, H_lat, W_lat] (spec §1.3)."""
     st, sh, sw = preset.vae.stride
     return [preset.vae.z_dim, (settings.frames - 1) // st + 1,
@@ -113,24 +111,36 @@ class _StepBar:
 
 
 class WanPipeline:
-    """Loaded experts, text encoder and VAE, plus where each of them runs."""
+    """Loaded experts, text encoder and VAE, plus the runtime policies that place them."""
 
     def __init__(self, preset: ModelPreset, experts: dict, text_encoder, vae, *,
-                 device: torch.device, dtype: torch.dtype, offload: bool = False,
-                 text_device: torch.device | None = None, source: str = "") -> None:
+                 device: torch.device | None = None, dtype: torch.dtype | None = None,
+                 runtime: RuntimeConfig | None = None, placement=None, source: str = "") -> None:
+        if runtime is None:  # programmatic construction (tests, notebooks): plain defaults
+            runtime = RuntimeConfig(device=torch.device(device or "cpu"), dtype=dtype or torch.float32)
         self.preset = preset
         self.experts = experts  # name -> WanDiT, names as in preset.experts
         self.text_encoder = text_encoder
         self.vae = vae
-        self.device = device
-        self.dtype = dtype
-        self.offload = offload
-        self.text_device = text_device or device
+        self.runtime = runtime
+        self.placement = placement or Resident()  # runtime.offload policy object
         self.source = source
         self.load_seconds = 0.0
 
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.runtime.dtype
+
+    @property
+    def offload(self) -> bool:
+        return self.placement.offloads
+
     # ---- stages ----------------------------------------------------------------------------
-    def settings(self, **kwargs) -> Settings:
+    def settings(self, **kwargs) -> GenerationRequest:
         """Validate user values against this model (no computation)."""
         return settings_for(self.preset, **kwargs)
 
@@ -138,50 +148,35 @@ class WanPipeline:
     def encode(self, prompt: str, negative_prompt: str | None) -> tuple[list, list]:
         """Two separate batch-1 encoder calls (spec §5.1); contexts land on the DiT device."""
         neg = default_negative_prompt(self.preset) if negative_prompt is None else negative_prompt
-        model = self.text_encoder.model
-        if self.offload and self.text_device.type == "cuda":
-            model.to(self.text_device)  # official: T5 to the GPU to encode, then back
-        cond = self.text_encoder.encode([prompt])
-        uncond = self.text_encoder.encode([neg])
-        if self.offload and self.text_device.type == "cuda":
-            model.to("cpu")
+        with encoder_on(self.text_encoder.model, self.runtime.encoder_device, shuttle=self.offload):
+            cond = self.text_encoder.encode([prompt])
+            uncond = self.text_encoder.encode([neg])
         return [c.to(self.device) for c in cond], [u.to(self.device) for u in uncond]
 
-    def _place(self, active: str) -> None:
-        """Offload: only the active expert on the device."""
-        for name, model in self.experts.items():
-            model.to(self.device if name == active else "cpu")
-
     @torch.no_grad()
-    def sample(self, noise: torch.Tensor, cond: list, uncond: list | None, settings: Settings, *,
-               batched_cfg: bool = False, progress: bool = True) -> tuple[torch.Tensor, list[str]]:
+    def sample(self, noise: torch.Tensor, cond: list, uncond: list | None,
+               settings: GenerationRequest, *, batched_cfg: bool | None = None,
+               progress: bool = True) -> tuple[torch.Tensor, list[str]]:
         """Denoise `noise` [C, F, H, W] -> final latents, plus the expert used at every step."""
-        from .models.experts import ExpertSchedule
         from .sampling import make_solver
         from .sampling.guidance import CFGDenoiser
         from .sampling.loop import denoise
 
-        schedule = ExpertSchedule.from_preset(self.preset, boundary=settings.boundary,
-                                              guidance=settings.guide_scale)
+        schedule = settings.schedule if settings.preset is not None else \
+            _schedule_for(self.preset, settings)
         solver = make_solver(settings.solver, settings.steps, settings.shift)
         for model in self.experts.values():
             model.set_compute_dtype(self.dtype)
-        if self.offload:
-            self._place(schedule.select(solver.timesteps[0]).expert)
-
-        def on_stage_change(prev, new):
-            if self.offload:
-                self._place(new.expert)
-
-        denoiser = CFGDenoiser(self.experts, cond, uncond, batched=batched_cfg)
+        self.placement.activate(schedule.select(solver.timesteps[0]).expert)
+        batched = self.runtime.batched_cfg if batched_cfg is None else bool(batched_cfg)
+        denoiser = CFGDenoiser(self.experts, cond, uncond, batched=batched)
         bar = _StepBar(settings.steps, progress)
         try:
             x = denoise(noise, solver, schedule, denoiser, progress=bar,
-                        on_stage_change=on_stage_change)
+                        on_stage_change=lambda prev, new: self.placement.activate(new.expert))
         finally:
             bar.close()
-            if self.offload:
-                self._place("")  # official: every expert back to the CPU after the loop
+            self.placement.release()
         return x, bar.experts
 
     @torch.no_grad()
@@ -195,7 +190,7 @@ class WanPipeline:
     def generate(self, prompt: str, negative_prompt: str | None = None, size=None, frames=None,
                  steps=None, shift=None, guide_scale=None, boundary=None, solver="unipc",
                  seed=-1, batched_cfg=None, progress=True, *, boundary_snr=None,
-                 settings: Settings | None = None, vae_tiling=None) -> GenerationResult:
+                 settings: GenerationRequest | None = None, vae_tiling=None) -> GenerationResult:
         """Text -> video. Unset values are the preset's official defaults (spec §1.2)."""
         from .errors import InputError
         from .sampling.noise import initial_noise
@@ -214,7 +209,7 @@ class WanPipeline:
         with _timed(timings, "denoise", self.device):
             noise = initial_noise(latent_shape(self.preset, settings), settings.seed, self.device)
             latents, used = self.sample(noise, cond, uncond, settings,
-                                        batched_cfg=bool(batched_cfg), progress=progress)
+                                        batched_cfg=batched_cfg, progress=progress)
         with _timed(timings, "vae_decode", self.device):
             video = self.decode(latents, vae_tiling)
         timings["total"] = sum(timings.values())
@@ -244,53 +239,37 @@ def resolve(path=None, *, high=None, low=None, vae=None, text_encoder=None, toke
                               tokenizer=tokenizer)
 
 
-def _dit_bytes(preset: ModelPreset, dtype: torch.dtype, weights=None) -> int:
-    """Weight bytes of all experts at their storage dtypes, counted on a meta-built model."""
-    from .models.dit import WanDiT
-    from .runtime.quant.apply import is_block_linear
+def _schedule_for(preset: ModelPreset, settings: GenerationRequest):
+    """The schedule of a request built without its preset (old-style Settings objects)."""
+    from .models.experts import ExpertSchedule
 
-    with torch.device("meta"):
-        model = WanDiT(preset.dit)
-    per = 0
-    for name, p in model.named_parameters():
-        quantised = weights in ("fp8", "int8") and name.endswith(".weight") and is_block_linear(name[:-7])
-        per += p.numel() * (1 if quantised else WanDiT.storage_dtype(name, dtype).itemsize)
-    return per * len(preset.experts)
+    return ExpertSchedule.from_preset(preset, boundary=settings.boundary, guidance=settings.guide_scale)
 
 
-def choose_offload(offload, preset: ModelPreset, device: torch.device, dtype: torch.dtype,
-                   weights=None) -> bool:
-    """The documented rule: explicit value wins; CPU never offloads; CUDA offloads when big."""
-    if offload is not None:
-        return bool(offload) and device.type != "cpu"
-    if device.type != "cuda":
-        return False
-    total = torch.cuda.get_device_properties(device).total_memory
-    return _dit_bytes(preset, dtype, weights) > OFFLOAD_FRACTION * total
-
-
-def _load_expert(spec, name: str, device: torch.device, dtype: torch.dtype, weights,
-                 workspace=None):
-    """One DiT expert; quantised files (GGUF) stay quantised, `weights` converts after loading.
+def _load_expert(spec, name: str, rt: RuntimeConfig, device: torch.device, workspace=None):
+    """One DiT expert on `device`, its weights prepared as `rt.weights` says (runtime.weights).
 
     `workspace`: dequantisation buffers shared by the GGUF layers of all experts (they run one
     layer at a time, so one buffer per weight shape suffices).
     """
     from .loading.components import load_dit
+    from .runtime.attention import set_attention
+    from .runtime.config import WeightMode
     from .runtime.quant.apply import make_installer, quantize_model
 
     source, key_map = spec.experts[name], None
-    if weights == "keep":
+    if rt.weights is WeightMode.KEEP:
         source, key_map = _kept_source(source)
     try:
-        model = load_dit(source, spec.preset.dit, compute_dtype=dtype, device=device,
+        model = load_dit(source, spec.preset.dit, compute_dtype=rt.dtype, device=device,
                          key_map=key_map, install_quantized=make_installer(workspace, device=device))
     finally:
         if source is not spec.experts[name]:
             source.close()
-    if weights in ("bf16", "fp8", "int8"):
-        model = quantize_model(model, weights)
-    return model.set_compute_dtype(dtype).eval()
+    if rt.weights.converts:
+        model = quantize_model(model, rt.weights.value)
+    set_attention(model, rt.attention)
+    return model.set_compute_dtype(rt.dtype).set_per_token_time(rt.per_token_time).eval()
 
 
 def _kept_source(path):
@@ -317,42 +296,40 @@ def _kept_source(path):
 
 def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, vae=None,
                   text_encoder=None, tokenizer=None, weights=None, offload=None,
-                  text_encoder_device=None, spec=None, per_token_time: bool = False) -> WanPipeline:
+                  text_encoder_device=None, spec=None, per_token_time: bool = False,
+                  runtime: RuntimeConfig | None = None) -> WanPipeline:
     """Load a pipeline from a checkpoint folder (None: the built-in demo model).
 
-    weights: None = the storage dtypes `dtype` needs (bf16 matmul weights under bf16, fp32
+    `runtime`: a `RuntimeConfig` from `wanmoe.request.runtime_config`; without one it is built
+    here from device, dtype, weights, offload, text_encoder_device and per_token_time:
+    weights None = the storage dtypes `dtype` needs (bf16 matmul weights under bf16, fp32
     under fp32; quantised files such as GGUF stay quantised); "keep" = as stored; "bf16" = block
     linears stored in bf16 even for fp32 compute (like the official --convert_model_dtype);
     "fp8"/"int8" = block linears quantised after loading (wanmoe.runtime.quant).
-    per_token_time: embed the timestep for every token like upstream (`WanDiT.set_per_token_time`).
     """
     from .loading import components as C
+    from .runtime.quant.linear import DequantWorkspace
     from .text.encoder import TextEncoder
     from .text.tokenizer import load_tokenizer
-    from .validate import check_weights
 
-    dev = parse_device(device)
-    dt = parse_dtype(dtype if dtype is not None else ("bf16" if dev.type == "cuda" else "fp32"))
-    check_weights(weights)
-    text_dev = parse_device(text_encoder_device) if text_encoder_device is not None else dev
+    rt = runtime or runtime_config(device, dtype, weights=weights, offload=offload,
+                                   text_device=text_encoder_device, per_token_time=per_token_time)
     t0 = time.perf_counter()
     if spec is None:
         spec = resolve(path, high=high, low=low, vae=vae, text_encoder=text_encoder,
                        tokenizer=tokenizer)
     preset = spec.preset
-    off = choose_offload(offload, preset, dev, dt, weights)
-    dit_device = torch.device("cpu") if off else dev
-    from .runtime.quant.linear import DequantWorkspace
-
+    off = choose_offload(rt.offload, preset, rt.device, rt.dtype, rt.weights)
+    home = torch.device("cpu") if off else rt.device  # where weights wait between their steps
     workspace = DequantWorkspace()
-    experts = {e.name: _load_expert(spec, e.name, dit_device, dt, weights, workspace)
-                       .set_per_token_time(per_token_time) for e in preset.experts}
-    t5_dev = torch.device("cpu") if off else text_dev
-    t5 = C.load_text_encoder(spec.text_encoder, dtype=dt, device=t5_dev)
+    experts = {e.name: _load_expert(spec, e.name, rt, home, workspace) for e in preset.experts}
+    t5 = C.load_text_encoder(spec.text_encoder, dtype=rt.dtype,
+                             device=torch.device("cpu") if off else rt.encoder_device)
     text = TextEncoder(load_tokenizer(spec.tokenizer, text_len=preset.t5.text_len), t5)
-    vae_model = C.load_vae(spec.vae, cfg=preset.vae, device=dev)
-    pipe = WanPipeline(preset, experts, text, vae_model, device=dev, dtype=dt, offload=off,
-                       text_device=text_dev, source=str(spec.root or path or ""))
+    vae_model = C.load_vae(spec.vae, cfg=preset.vae, device=rt.device)
+    pipe = WanPipeline(preset, experts, text, vae_model, runtime=rt,
+                       placement=placement_for(off, experts, rt.device),
+                       source=str(spec.root or path or ""))
     pipe.load_seconds = time.perf_counter() - t0
     return pipe
 
@@ -365,4 +342,4 @@ def describe_memory(n: int) -> str:
 
 
 __all__ = ["GenerationResult", "WanPipeline", "load_pipeline", "frames_to_uint8", "latent_shape",
-           "default_negative_prompt", "choose_offload", "describe_memory"]
+           "default_negative_prompt", "choose_offload", "describe_memory", "Settings"]

@@ -10,39 +10,26 @@ import math
 import random
 import re
 import sys
-from dataclasses import dataclass
 
 import torch
 
 from .configs import ModelPreset
 from .errors import InputError
 from .models.experts import boundary_from_snr
+from .request import GenerationRequest
+from .runtime.config import WeightMode
+from .sampling import SOLVERS as _SOLVER_REGISTRY
 
-SOLVERS = ("unipc", "dpm++", "euler")
+SOLVERS = tuple(_SOLVER_REGISTRY)  # the one registry: wanmoe.sampling.SOLVERS
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-WEIGHT_MODES = ("bf16", "fp8", "int8", "keep")
+WEIGHT_MODES = tuple(m.value for m in WeightMode if m is not WeightMode.DEFAULT)
 SEED_MAX = sys.maxsize  # the official random seed is drawn from [0, sys.maxsize]
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[*xX×]\s*(\d+)\s*$")
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Validated generation settings: every value filled in (preset default or user value)."""
-
-    width: int
-    height: int
-    frames: int
-    steps: int
-    shift: float
-    guide_scale: tuple[float, ...]  # one per expert, ordered high-noise -> low-noise
-    boundary: float | None  # timestep fraction; None for a dense model
-    solver: str
-    seed: int  # never -1: a random seed is drawn here
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return (self.width, self.height)
+# The validated request type (`Settings` is its old name, kept for the Python API).
+Settings = GenerationRequest
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -222,6 +209,6 @@ def settings_for(preset: ModelPreset, *, size=None, frames=None, steps=None, shi
     else:
         scales = parse_guide_scale(guide_scale, len(preset.experts))
     b = check_boundary(boundary, boundary_snr, preset)
-    return Settings(width=width, height=height, frames=frames, steps=steps, shift=shift,
-                    guide_scale=scales, boundary=b, solver=check_solver(solver),
-                    seed=resolve_seed(seed))
+    return GenerationRequest(width=width, height=height, frames=frames, steps=steps, shift=shift,
+                             guide_scale=scales, boundary=b, solver=check_solver(solver),
+                             seed=resolve_seed(seed), preset=preset)

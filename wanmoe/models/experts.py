@@ -151,19 +151,6 @@ def boundary_from_snr(snr: float) -> float:
     return 1.0 / (1.0 + math.sqrt(snr))
 
 
-def parse_guidance(text: str) -> tuple[float, ...]:
-    """CLI `--guide-scale` value: "5" -> (5.0,) for every expert; "4,3" -> (high, low)."""
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        raise InputError(f"guidance {text!r} must be one number or comma-separated numbers, "
-                         f"high-noise expert first (e.g. '5.0' or '4.0,3.0')") from None
-    for v in values:
-        _guidance(v)
-    return values
-
-
 # ---------------------------------------------------------------------- helpers
 def _validate(stages: tuple) -> None:
     if not stages:
@@ -173,7 +160,6 @@ def _validate(stages: tuple) -> None:
             raise InputError(f"schedule entry {s!r} is not an ExpertStage")
         if not isinstance(s.expert, str) or not s.expert:
             raise InputError(f"stage expert name {s.expert!r} must be a non-empty string")
-        _guidance(s.guidance)
         if not (s.t_low < s.t_high) or s.t_low < 0:
             raise InputError(f"stage {s.expert!r} has range [{s.t_low}, {s.t_high}); "
                              f"need 0 <= t_low < t_high")
@@ -198,8 +184,8 @@ def _check_boundary(b) -> None:
 
 
 def _guidance(g) -> float:
-    if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
-        raise InputError(f"guidance scale {g!r} must be a finite number (1.0 disables CFG)")
+    # User values are checked once, at the edge (validate.parse_guide_scale); a schedule built
+    # here from code takes the number as given.
     return float(g)
 
 

@@ -1,0 +1,93 @@
+"""The edge: what to generate (`GenerationRequest`) and how to run it (`RuntimeConfig`).
+
+Both are built and validated here, once, from user values (CLI flags, Python API keyword
+arguments, later the server's JSON). The checks themselves live in `wanmoe.validate`; nothing
+below this layer validates user input again. The path of a guide scale, for example:
+
+    cli --guide-scale -> validate.settings_for (parse_guide_scale: the one check)
+      -> GenerationRequest.guide_scale -> GenerationRequest.schedule (ExpertStage.guidance)
+      -> sampling.guidance.CFGDenoiser (v = v_u + g (v_c - v_u))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from .errors import InputError
+from .runtime.config import LoRAMode, OffloadMode, RuntimeConfig, WeightMode
+
+if TYPE_CHECKING:
+    from .configs import ModelPreset
+    from .models.experts import ExpertSchedule
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Validated generation values: every value filled in (preset default or user value)."""
+
+    width: int
+    height: int
+    frames: int
+    steps: int
+    shift: float
+    guide_scale: tuple[float, ...]  # one per expert, ordered high-noise -> low-noise
+    boundary: float | None  # timestep fraction; None for a dense model
+    solver: str
+    seed: int  # never -1: a random seed is drawn at validation
+    preset: "ModelPreset | None" = field(default=None, repr=False, compare=False)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+    @cached_property
+    def schedule(self) -> "ExpertSchedule":
+        """The expert schedule of this request (built once: boundary and guidance per expert)."""
+        from .models.experts import ExpertSchedule
+
+        if self.preset is None:
+            raise InputError("this request was built without a model preset; build it with "
+                             "wanmoe.validate.settings_for(preset, ...)")
+        return ExpertSchedule.from_preset(self.preset, boundary=self.boundary,
+                                          guidance=self.guide_scale)
+
+
+def _choice(enum_type, value, flag: str, default):
+    if value is None:
+        return default
+    if isinstance(value, bool) and enum_type is OffloadMode:  # the old --offload / --no-offload
+        return OffloadMode.EXPERT if value else OffloadMode.NONE
+    try:
+        return enum_type(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in enum_type)
+        raise InputError(f"{flag} {value!r} is not one of {allowed}") from None
+
+
+def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_device=None,
+                   attention: str = "auto", batched_cfg: bool = False, per_token_time: bool = False,
+                   lora_mode=None) -> RuntimeConfig:
+    """Validate runtime choices once (device present, dtype known, modes from their enums)."""
+    from .runtime.attention import BACKENDS
+    from .validate import parse_device, parse_dtype
+
+    dev = parse_device(device)
+    dt = parse_dtype(dtype if dtype is not None else ("bf16" if dev.type == "cuda" else "fp32"))
+    if attention not in BACKENDS:
+        raise InputError(f"attention backend {attention!r} is not one of {', '.join(BACKENDS)}")
+    for flag, value in (("batched_cfg", batched_cfg), ("per_token_time", per_token_time)):
+        if not isinstance(value, bool):
+            raise InputError(f"{flag} {value!r} must be True or False")
+    return RuntimeConfig(
+        device=dev, dtype=dt,
+        weights=_choice(WeightMode, weights, "weights", WeightMode.DEFAULT),
+        offload=_choice(OffloadMode, offload, "offload", OffloadMode.AUTO),
+        text_device=parse_device(text_device) if text_device is not None else None,
+        attention=attention, batched_cfg=batched_cfg, per_token_time=per_token_time,
+        lora_mode=_choice(LoRAMode, lora_mode, "lora mode", LoRAMode.MERGE))
+
+
+__all__ = ["GenerationRequest", "RuntimeConfig", "runtime_config", "WeightMode", "OffloadMode",
+           "LoRAMode"]

@@ -1,0 +1,70 @@
+"""RuntimeConfig: how to run (device, precision, weights, offload, attention, ...), as data.
+
+Built and validated once at the edge (`wanmoe.request.runtime_config`: the CLI, the Python
+API, later the server); everything below reads it and validates nothing again. It says how a
+generation runs, never what it generates (that is `wanmoe.request.GenerationRequest`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+
+
+class WeightMode(str, enum.Enum):
+    """How DiT block weights are stored (a str enum: `WeightMode.FP8 == "fp8"`)."""
+
+    DEFAULT = "default"  # the storage dtypes the compute dtype needs; quantised files stay so
+    BF16 = "bf16"  # block linears in bf16 even under fp32 compute (official --convert_model_dtype)
+    FP8 = "fp8"  # block linears quantised to float8_e4m3fn, a scale per output channel
+    INT8 = "int8"  # block linears quantised to int8, a scale per output channel
+    KEEP = "keep"  # as stored in the file (scaled fp8 stays fp8, GGUF stays GGUF)
+
+    @property
+    def quantises(self) -> bool:
+        """True when the mode quantises float weights after loading."""
+        return self in (WeightMode.FP8, WeightMode.INT8)
+
+    @property
+    def converts(self) -> bool:
+        """True when loaded block weights are converted (bf16 / fp8 / int8)."""
+        return self in (WeightMode.BF16, WeightMode.FP8, WeightMode.INT8)
+
+
+class OffloadMode(str, enum.Enum):
+    """Where expert weights live between their steps."""
+
+    AUTO = "auto"  # EXPERT on CUDA when all experts take more than half of the GPU, else NONE
+    NONE = "none"  # every expert resident on the device
+    EXPERT = "expert"  # only the active expert on the device, the others on the CPU
+
+
+class LoRAMode(str, enum.Enum):
+    """How LoRA patches reach the weights."""
+
+    MERGE = "merge"  # added into float weights at load (quantised bases fall back to RUNTIME)
+    RUNTIME = "runtime"  # a side branch per call: the base weights stay untouched
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Validated runtime choices; see `wanmoe.request.runtime_config` for the edge builder."""
+
+    device: torch.device
+    dtype: torch.dtype  # DiT compute dtype: torch.float32 or torch.bfloat16
+    weights: WeightMode = WeightMode.DEFAULT
+    offload: OffloadMode = OffloadMode.AUTO
+    text_device: torch.device | None = None  # None: the device
+    attention: str = "auto"  # a wanmoe.runtime.attention backend name
+    batched_cfg: bool = False  # conditional + unconditional passes as one batch of 2
+    per_token_time: bool = False  # the official per-token time embedding (WanDiT.set_per_token_time)
+    lora_mode: LoRAMode = LoRAMode.MERGE
+    compile: bool = False  # reserved: torch.compile per block (not built yet)
+    cache: str = "off"  # reserved: step caching (not built yet)
+    parallel: object | None = None  # reserved: a multi-GPU plan (not built yet)
+
+    @property
+    def encoder_device(self) -> torch.device:
+        return self.text_device or self.device

@@ -1,0 +1,76 @@
+"""Where expert weights live: all resident, or only the active expert on the device.
+
+A placement policy is an object with `activate(expert)` (called before the first step of each
+expert's stage) and `release()` (after the loop). The pipeline calls them and knows nothing
+else about memory; block streaming (later) is one more policy of the same shape.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wanmoe.configs import ModelPreset
+from wanmoe.models.dit import WanDiT
+from wanmoe.runtime.config import OffloadMode, WeightMode
+
+OFFLOAD_FRACTION = 0.5  # AUTO offloads when all experts' weights exceed this share of GPU memory
+
+
+class Resident:
+    """Every expert stays where it was loaded (the device)."""
+
+    offloads = False
+
+    def activate(self, expert: str) -> None:
+        return None
+
+    def release(self) -> None:
+        return None
+
+
+class ExpertOffload:
+    """Only the active expert on the device, the others on the CPU (the official single-GPU
+    behaviour, spec §3); after the loop every expert goes back to the CPU."""
+
+    offloads = True
+
+    def __init__(self, experts: dict[str, nn.Module], device: torch.device) -> None:
+        self.experts, self.device = experts, device
+
+    def activate(self, expert: str) -> None:
+        for name, model in self.experts.items():
+            model.to(self.device if name == expert else "cpu")
+
+    def release(self) -> None:
+        self.activate("")
+
+
+def dit_bytes(preset: ModelPreset, dtype: torch.dtype, weights: WeightMode = WeightMode.DEFAULT) -> int:
+    """Weight bytes of all experts at their storage dtypes, counted on a meta-built model."""
+    with torch.device("meta"):
+        model = WanDiT(preset.dit)
+    per = 0
+    for name, p in model.named_parameters():
+        quantised = (WeightMode(weights).quantises and name.endswith(".weight")
+                     and model.meta.is_quantisable(name[:-7]))
+        per += p.numel() * (1 if quantised else WanDiT.storage_dtype(name, dtype).itemsize)
+    return per * len(preset.experts)
+
+
+def choose_offload(mode: OffloadMode, preset: ModelPreset, device: torch.device,
+                   dtype: torch.dtype, weights: WeightMode = WeightMode.DEFAULT) -> bool:
+    """The documented rule: an explicit mode wins (a CPU never offloads); AUTO offloads on CUDA
+    when the experts' weights take more than OFFLOAD_FRACTION of the GPU's memory."""
+    mode = OffloadMode(mode)
+    if device.type != "cuda":
+        return False
+    if mode is not OffloadMode.AUTO:
+        return mode is OffloadMode.EXPERT
+    total = torch.cuda.get_device_properties(device).total_memory
+    return dit_bytes(preset, dtype, weights) > OFFLOAD_FRACTION * total
+
+
+def placement_for(offload: bool, experts: dict[str, nn.Module], device: torch.device):
+    """The placement policy object for a loaded pipeline."""
+    return ExpertOffload(experts, device) if offload else Resident()
