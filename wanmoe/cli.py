@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import InputError, WanmoeError
 from .runtime.attention import BACKENDS as ATTENTION_BACKENDS
-from .runtime.config import OffloadMode, WeightMode
+from .runtime.config import LoRAMode, OffloadMode, WeightMode
 from .sampling import PRESETS, SOLVERS
 
 # name -> (module providing register_cli(subparsers), one-line help shown in `wanmoe --help`)
@@ -57,6 +57,16 @@ def _add_generate(sub) -> None:
                         "--steps 4 --shift 5 --guide-scale 1 (for the 4-step distilled LoRAs); "
                         "flags given explicitly win")
     g.add_argument("--seed", type=int, default=-1, help="-1 = random (printed)")
+    lo = p.add_argument_group("LoRA (FILE or FILE:STRENGTH, repeatable; any common layout)")
+    lo.add_argument("--lora", action="append", default=[], metavar="FILE[:S]",
+                    help="a LoRA on every expert")
+    lo.add_argument("--lora-high", action="append", default=[], metavar="FILE[:S]",
+                    help="a LoRA on the high-noise expert (A14B)")
+    lo.add_argument("--lora-low", action="append", default=[], metavar="FILE[:S]",
+                    help="a LoRA on the low-noise expert (A14B)")
+    lo.add_argument("--lora-mode", choices=[m.value for m in LoRAMode], default="merge",
+                    help="merge into float weights at load (default; quantised layers get a side "
+                         "branch) or runtime (a side branch on every layer)")
     r = p.add_argument_group("runtime")
     r.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     r.add_argument("--dtype", choices=["bf16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
@@ -125,13 +135,14 @@ def _sampling_values(args) -> dict:
 
 def _cmd_generate(args) -> int:
     from . import pipeline as P
-    from .request import runtime_config
+    from .request import lora_plan, runtime_config
     from .validate import parse_vae_tile, settings_for
 
     prompt = _prompt(args)
     rt = runtime_config(args.device, args.dtype, weights=args.weights, offload=args.offload,
                         text_device="cpu" if args.t5_cpu else None, attention=args.attention,
-                        batched_cfg=args.batched_cfg, per_token_time=args.per_token_time)
+                        batched_cfg=args.batched_cfg, per_token_time=args.per_token_time,
+                        lora_mode=args.lora_mode)
     tiling = parse_vae_tile(args.vae_tile)
     out = _check_out(args.out, ".mp4", "--out")
     latents_path = _check_out(args.save_latents, ".safetensors", "--save-latents")
@@ -141,13 +152,14 @@ def _cmd_generate(args) -> int:
     settings = settings_for(spec.preset, size=args.size, frames=args.frames,
                             boundary=args.boundary, boundary_snr=args.boundary_snr,
                             seed=args.seed, **_sampling_values(args))
+    loras = lora_plan(spec.preset, args.lora, args.lora_high, args.lora_low)
     print(f"model: {spec.preset.name} ({spec.layout}) | size {settings.width}*{settings.height} | "
           f"{settings.frames} frames | {settings.steps} steps | solver {settings.solver} | "
           f"seed {settings.seed}", file=sys.stderr)
     for p in (out, latents_path, strip_path):
         if p is not None:
             p.parent.mkdir(parents=True, exist_ok=True)  # only now that every value is valid
-    pipe = P.load_pipeline(spec=spec, runtime=rt)
+    pipe = P.load_pipeline(spec=spec, runtime=rt, loras=loras)
     result = pipe.generate(prompt, args.negative_prompt, settings=settings,
                            progress=not args.quiet, vae_tiling=tiling)
     t0 = time.perf_counter()

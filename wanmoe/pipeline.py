@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .configs import OFFICIAL_NEGATIVE_PROMPT, ModelPreset
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 from .request import GenerationRequest, RuntimeConfig, runtime_config
 from .runtime.offload import Resident, choose_offload, placement_for
 from .runtime.text_placement import encoder_on
@@ -126,6 +126,7 @@ class WanPipeline:
         self.placement = placement or Resident()  # runtime.offload policy object
         self.source = source
         self.load_seconds = 0.0
+        self.merged_loras = False  # True when LoRAs were merged into the weights at load
 
     @property
     def device(self) -> torch.device:
@@ -138,6 +139,28 @@ class WanPipeline:
     @property
     def offload(self) -> bool:
         return self.placement.offloads
+
+    def set_loras(self, high=(), low=(), both=()) -> None:
+        """Replace the LoRAs of the experts without reloading the base weights.
+
+        Each list holds (file, strength) pairs or 'FILE[:STRENGTH]' strings; `both` goes on every
+        expert. Side branches on the weight path (runtime LoRA); a pipeline loaded with merged
+        LoRAs cannot drop them, so this is refused there.
+        """
+        from .lora.apply import apply_loras, parse_loras
+        from .request import lora_plan
+        from .runtime.config import LoRAMode
+        from .runtime.weights import clear_patches
+
+        if getattr(self, "merged_loras", False):
+            raise InputError("this pipeline was loaded with LoRAs merged into its weights; load it "
+                             "with lora_mode='runtime' (CLI --lora-mode runtime) to change LoRAs")
+        plan = lora_plan(self.preset, both, high, low)
+        parsed = {name: parse_loras(self.preset.dit, specs) for name, specs in plan.items()}
+        for name, model in self.experts.items():
+            clear_patches(model)
+            if parsed.get(name):
+                apply_loras(model, parsed[name], LoRAMode.RUNTIME)
 
     # ---- stages ----------------------------------------------------------------------------
     def settings(self, **kwargs) -> GenerationRequest:
@@ -246,7 +269,8 @@ def _schedule_for(preset: ModelPreset, settings: GenerationRequest):
     return ExpertSchedule.from_preset(preset, boundary=settings.boundary, guidance=settings.guide_scale)
 
 
-def _load_expert(spec, name: str, rt: RuntimeConfig, device: torch.device, workspace=None):
+def _load_expert(spec, name: str, rt: RuntimeConfig, device: torch.device, workspace=None,
+                 loras=()):
     """One DiT expert on `device`, its weights prepared as `rt.weights` says (runtime.weights).
 
     `workspace`: dequantisation buffers shared by the GGUF layers of all experts (they run one
@@ -254,7 +278,8 @@ def _load_expert(spec, name: str, rt: RuntimeConfig, device: torch.device, works
     """
     from .loading.components import load_dit
     from .runtime.attention import set_attention
-    from .runtime.config import WeightMode
+    from .lora.apply import apply_loras
+    from .runtime.config import LoRAMode, WeightMode
     from .runtime.quant.apply import make_installer, quantize_model
 
     source, key_map = spec.experts[name], None
@@ -266,8 +291,12 @@ def _load_expert(spec, name: str, rt: RuntimeConfig, device: torch.device, works
     finally:
         if source is not spec.experts[name]:
             source.close()
+    if loras and rt.lora_mode is LoRAMode.MERGE:  # into the float weights, before any conversion
+        apply_loras(model, loras, rt.lora_mode)
     if rt.weights.converts:
         model = quantize_model(model, rt.weights.value)
+    if loras and rt.lora_mode is LoRAMode.RUNTIME:
+        apply_loras(model, loras, rt.lora_mode)
     set_attention(model, rt.attention)
     return model.set_compute_dtype(rt.dtype).set_per_token_time(rt.per_token_time).eval()
 
@@ -297,7 +326,7 @@ def _kept_source(path):
 def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, vae=None,
                   text_encoder=None, tokenizer=None, weights=None, offload=None,
                   text_encoder_device=None, spec=None, per_token_time: bool = False,
-                  runtime: RuntimeConfig | None = None) -> WanPipeline:
+                  runtime: RuntimeConfig | None = None, loras=None) -> WanPipeline:
     """Load a pipeline from a checkpoint folder (None: the built-in demo model).
 
     `runtime`: a `RuntimeConfig` from `wanmoe.request.runtime_config`; without one it is built
@@ -306,8 +335,11 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
     under fp32; quantised files such as GGUF stay quantised); "keep" = as stored; "bf16" = block
     linears stored in bf16 even for fp32 compute (like the official --convert_model_dtype);
     "fp8"/"int8" = block linears quantised after loading (wanmoe.runtime.quant).
+    `loras`: {expert name: [(file, strength), ...]} (`wanmoe.request.lora_plan`); the files are
+    read and matched against the model before any weight loads.
     """
     from .loading import components as C
+    from .lora.apply import parse_loras
     from .runtime.quant.linear import DequantWorkspace
     from .text.encoder import TextEncoder
     from .text.tokenizer import load_tokenizer
@@ -319,10 +351,12 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
         spec = resolve(path, high=high, low=low, vae=vae, text_encoder=text_encoder,
                        tokenizer=tokenizer)
     preset = spec.preset
+    parsed = {name: parse_loras(preset.dit, specs) for name, specs in (loras or {}).items()}
     off = choose_offload(rt.offload, preset, rt.device, rt.dtype, rt.weights)
     home = torch.device("cpu") if off else rt.device  # where weights wait between their steps
     workspace = DequantWorkspace()
-    experts = {e.name: _load_expert(spec, e.name, rt, home, workspace) for e in preset.experts}
+    experts = {e.name: _load_expert(spec, e.name, rt, home, workspace, parsed.get(e.name, ()))
+               for e in preset.experts}
     t5 = C.load_text_encoder(spec.text_encoder, dtype=rt.dtype,
                              device=torch.device("cpu") if off else rt.encoder_device)
     text = TextEncoder(load_tokenizer(spec.tokenizer, text_len=preset.t5.text_len), t5)
@@ -331,6 +365,7 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
                        placement=placement_for(off, experts, rt.device),
                        source=str(spec.root or path or ""))
     pipe.load_seconds = time.perf_counter() - t0
+    pipe.merged_loras = bool(parsed) and rt.lora_mode.value == "merge"  # cannot be undone
     return pipe
 
 

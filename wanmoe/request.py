@@ -89,5 +89,44 @@ def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_
         lora_mode=_choice(LoRAMode, lora_mode, "lora mode", LoRAMode.MERGE))
 
 
-__all__ = ["GenerationRequest", "RuntimeConfig", "runtime_config", "WeightMode", "OffloadMode",
+def parse_lora_arg(text: str, flag: str = "--lora") -> tuple[str, float]:
+    """'FILE[:STRENGTH]' -> (FILE, strength); the file must exist, the strength be finite."""
+    import math
+    from pathlib import Path
+
+    path, strength = str(text), 1.0
+    head, sep, tail = path.rpartition(":")
+    if sep and head and not tail.startswith(("/", "\\")):
+        try:
+            strength = float(tail)
+        except ValueError:
+            raise InputError(f"{flag} {text!r}: strength {tail!r} is not a number; "
+                             f"use FILE or FILE:STRENGTH (e.g. lora.safetensors:0.8)") from None
+        path = head
+    if not math.isfinite(strength):
+        raise InputError(f"{flag} {text!r}: strength {strength} must be a finite number")
+    if not Path(path).is_file():
+        raise InputError(f"{flag} {text!r}: LoRA file {path!r} does not exist")
+    return path, strength
+
+
+def lora_plan(preset: "ModelPreset", both=(), high=(), low=()) -> dict[str, list[tuple[str, float]]]:
+    """LoRAs per expert name: `both` on every expert, `high`/`low` on the two-expert model's
+    high- and low-noise expert. Each entry is 'FILE[:STRENGTH]' or a (file, strength) pair."""
+    names = [e.name for e in preset.experts]
+    if (high or low) and len(names) != 2:
+        raise InputError(f"{preset.name} has one expert; use --lora (not --lora-high/--lora-low)")
+
+    def parsed(items, flag):
+        return [parse_lora_arg(x, flag) if isinstance(x, str) else parse_lora_arg(f"{x[0]}:{x[1]}", flag)
+                for x in items]
+
+    plan = {n: parsed(both, "--lora") for n in names}
+    if len(names) == 2:
+        plan[names[0]] += parsed(high, "--lora-high")
+        plan[names[1]] += parsed(low, "--lora-low")
+    return {n: specs for n, specs in plan.items() if specs}
+
+
+__all__ = ["lora_plan", "parse_lora_arg", "GenerationRequest", "RuntimeConfig", "runtime_config", "WeightMode", "OffloadMode",
            "LoRAMode"]

@@ -20,6 +20,7 @@ from wanmoe.loading.sources import TensorSource
 from wanmoe.runtime.quant.gguf_dequant import GGUFWeight
 from wanmoe.runtime.quant.linear import DequantWorkspace, FP8Linear, GGUFLinear, Int8Linear, _QuantLinear
 from wanmoe.runtime.quant.quantize import quantize_fp8, quantize_int8
+from wanmoe.runtime.weights import as_weight_linear, set_module
 
 MODES = ("bf16", "fp8", "int8", "keep")
 # Official names of the block linears that are quantised (module paths, no ".weight"): the
@@ -60,9 +61,7 @@ def block_linears(model: nn.Module):
             yield name, module
 
 
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, new)
+_set_module = set_module  # the one module-swap helper (runtime.weights)
 
 
 def _dense_linear(weight: torch.Tensor, bias) -> nn.Module:
@@ -98,12 +97,20 @@ def quantize_model(model: nn.Module, mode: str, use_scaled_mm: bool = False) -> 
             if isinstance(module, nn.Linear):
                 module.weight.data = weight.to(torch.bfloat16)
             else:
-                _set_module(model, name, _dense_linear(weight.to(torch.bfloat16), module.bias))
+                _replace(model, name, module, _dense_linear(weight.to(torch.bfloat16), module.bias))
         elif mode == "fp8":
-            _set_module(model, name, FP8Linear(*quantize_fp8(weight), module.bias, use_scaled_mm, workspace))
+            _replace(model, name, module, FP8Linear(*quantize_fp8(weight), module.bias, use_scaled_mm, workspace))
         else:
-            _set_module(model, name, Int8Linear(*quantize_int8(weight), module.bias, workspace))
+            _replace(model, name, module, Int8Linear(*quantize_int8(weight), module.bias, workspace))
     return model
+
+
+def _replace(model: nn.Module, name: str, old: nn.Module, new: nn.Module) -> None:
+    """Swap a converted layer in; side-branch patches (LoRA) on the old layer carry over."""
+    if getattr(old, "patches", None):
+        new = as_weight_linear(new)
+        new.patches = list(old.patches)
+    _set_module(model, name, new)
 
 
 def make_installer(workspace: DequantWorkspace | None = None, device=None,

@@ -16,6 +16,7 @@ from torch import nn
 
 from wanmoe.runtime.quant.gguf_dequant import GGUFWeight, dequantize
 from wanmoe.runtime.quant.quantize import FP8_MAX, quantize_fp8, quantize_int8
+from wanmoe.runtime.weights import WeightLinear
 
 
 class DequantWorkspace:
@@ -53,44 +54,8 @@ class DequantWorkspace:
         self._placement = None
 
 
-class _QuantLinear(nn.Module):
-    """Shared parts: bias handling, forward via `dequantized(dtype, out)`, the reference twin."""
-
-    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None,
-                 workspace: DequantWorkspace | None = None) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        if bias is not None and not isinstance(bias, nn.Parameter):
-            bias = nn.Parameter(bias, requires_grad=False)
-        self.bias = bias  # kept as given (fp32 in the official layout), cast at use like nn.Linear
-        self.workspace = workspace  # None: a fresh weight tensor per call (the fast-path switch)
-
-    def dequantized(self, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The `[out, in]` weight in `dtype` (or written into `out`, whose dtype wins)."""
-        raise NotImplementedError
-
-    def _bias(self, dtype):
-        return None if self.bias is None else self.bias.to(dtype)
-
-    def _buffer(self, x: torch.Tensor) -> torch.Tensor | None:
-        # A shared buffer is overwritten by the next layer: not usable when autograd saves the
-        # weight for the backward pass (grad of x needs it).
-        if self.workspace is None or (torch.is_grad_enabled() and x.requires_grad):
-            return None
-        return self.workspace.buffer((self.out_features, self.in_features), x.dtype, x.device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.dequantized(x.dtype, out=self._buffer(x))
-        return F.linear(x, w, self._bias(x.dtype))
-
-    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reference twin: dequantise to float32, cast to the input dtype, plain F.linear."""
-        w = self.dequantized(torch.float32).to(x.dtype)
-        return F.linear(x, w, self._bias(x.dtype))
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, " \
-               f"bias={self.bias is not None}"
+class _QuantLinear(WeightLinear):
+    """A quantised weight on the one weight path (`runtime.weights.WeightLinear`)."""
 
 
 class GGUFLinear(_QuantLinear):
@@ -176,7 +141,7 @@ class FP8Linear(_ChannelLinear):
         y = torch._scaled_mm(xq, self.weight.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=x.dtype)
         if self.bias is not None:
             y = y + self._bias(x.dtype)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return self.with_patches(x, y.reshape(*x.shape[:-1], self.out_features))
 
 
 class Int8Linear(_ChannelLinear):
