@@ -89,6 +89,10 @@ def _add_generate(sub) -> None:
     r.add_argument("--per-token-time", action="store_true",
                    help="embed the timestep for every token like the official code (bit-exact to "
                    "it in bf16; costs an fp32 [L, 6, dim] tensor per sample, 9.3 GB at A14B 720P)")
+    r.add_argument("--cache", default="off", metavar="off|easy[:T]|mag[:T[:K]]",
+                   help="skip DiT forwards whose change is predicted small: easy (runtime-adaptive, "
+                        "threshold 0.05) or mag (MagCache's published Wan2.2 ratios, threshold "
+                        "0.04, at most K=2 skips in a row); off (default) is exact")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     o = p.add_argument_group("output")
     o.add_argument("--out", default="out.mp4", help="MP4 file to write (default: out.mp4)")
@@ -142,7 +146,7 @@ def _cmd_generate(args) -> int:
     rt = runtime_config(args.device, args.dtype, weights=args.weights, offload=args.offload,
                         text_device="cpu" if args.t5_cpu else None, attention=args.attention,
                         batched_cfg=args.batched_cfg, per_token_time=args.per_token_time,
-                        lora_mode=args.lora_mode)
+                        lora_mode=args.lora_mode, cache=args.cache)
     tiling = parse_vae_tile(args.vae_tile)
     out = _check_out(args.out, ".mp4", "--out")
     latents_path = _check_out(args.save_latents, ".safetensors", "--save-latents")
@@ -177,6 +181,9 @@ def _cmd_generate(args) -> int:
     print(f"seed: {result.seed}")
     print(f"wrote {out} ({f} frames, {w}x{h}, {result.fps} fps)")
     print("time per stage: " + " | ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
+    if result.cache_stats:
+        c = result.cache_stats
+        print(f"cache: skipped {c['skipped']} of {c['forwards']} DiT forwards")
     kind = "GPU max allocated" if rt.device.type == "cuda" else "CPU peak RSS"
     print(f"peak memory: {P.describe_memory(result.peak_memory_bytes)} ({kind})")
     return 0

@@ -41,6 +41,7 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     peak_memory_bytes: int = 0
     expert_per_step: list[str] = field(default_factory=list)
+    cache_stats: dict = field(default_factory=dict)  # {"forwards", "skipped"} with --cache
 
 
 def default_negative_prompt(preset: ModelPreset) -> str:
@@ -127,6 +128,8 @@ class WanPipeline:
         self.source = source
         self.load_seconds = 0.0
         self.merged_loras = False  # True when LoRAs were merged into the weights at load
+        self.cache_stats: dict = {}  # what the step cache skipped in the last sample()
+        self.cache_log: list = []  # (step, expert, pass, skipped) per forward of that sample()
 
     @property
     def device(self) -> torch.device:
@@ -179,8 +182,13 @@ class WanPipeline:
     @torch.no_grad()
     def sample(self, noise: torch.Tensor, cond: list, uncond: list | None,
                settings: GenerationRequest, *, batched_cfg: bool | None = None,
-               progress: bool = True) -> tuple[torch.Tensor, list[str]]:
-        """Denoise `noise` [C, F, H, W] -> final latents, plus the expert used at every step."""
+               progress: bool = True, cache=None) -> tuple[torch.Tensor, list[str]]:
+        """Denoise `noise` [C, F, H, W] -> final latents, plus the expert used at every step.
+
+        `cache`: a `runtime.cache.CacheSpec` or its text ('mag:0.06'); None = the runtime's.
+        What it skipped is left in `self.cache_stats`.
+        """
+        from .runtime.cache import StepCache, parse_cache
         from .sampling import make_solver
         from .sampling.guidance import CFGDenoiser
         from .sampling.loop import denoise
@@ -193,13 +201,22 @@ class WanPipeline:
         self.placement.activate(schedule.select(solver.timesteps[0]).expert)
         batched = self.runtime.batched_cfg if batched_cfg is None else bool(batched_cfg)
         denoiser = CFGDenoiser(self.experts, cond, uncond, batched=batched)
+        spec = parse_cache(cache) if cache is not None else self.runtime.cache
+        step_cache = None
+        if spec is not None and spec.enabled:
+            step_cache = StepCache(spec, self.experts, schedule, solver.timesteps, self.preset.name)
+            denoiser = step_cache.wrap(denoiser)
         bar = _StepBar(settings.steps, progress)
+        self.cache_stats = {}
         try:
             x = denoise(noise, solver, schedule, denoiser, progress=bar,
                         on_stage_change=lambda prev, new: self.placement.activate(new.expert))
         finally:
             bar.close()
             self.placement.release()
+            if step_cache is not None:
+                self.cache_stats = step_cache.remove()
+                self.cache_log = step_cache.log
         return x, bar.experts
 
     @torch.no_grad()
@@ -213,7 +230,8 @@ class WanPipeline:
     def generate(self, prompt: str, negative_prompt: str | None = None, size=None, frames=None,
                  steps=None, shift=None, guide_scale=None, boundary=None, solver="unipc",
                  seed=-1, batched_cfg=None, progress=True, *, boundary_snr=None,
-                 settings: GenerationRequest | None = None, vae_tiling=None) -> GenerationResult:
+                 settings: GenerationRequest | None = None, vae_tiling=None,
+                 cache=None) -> GenerationResult:
         """Text -> video. Unset values are the preset's official defaults (spec §1.2)."""
         from .errors import InputError
         from .sampling.noise import initial_noise
@@ -231,14 +249,15 @@ class WanPipeline:
             cond, uncond = self.encode(prompt, negative_prompt)
         with _timed(timings, "denoise", self.device):
             noise = initial_noise(latent_shape(self.preset, settings), settings.seed, self.device)
-            latents, used = self.sample(noise, cond, uncond, settings,
-                                        batched_cfg=batched_cfg, progress=progress)
+            latents, used = self.sample(noise, cond, uncond, settings, batched_cfg=batched_cfg,
+                                        progress=progress, cache=cache)
         with _timed(timings, "vae_decode", self.device):
             video = self.decode(latents, vae_tiling)
         timings["total"] = sum(timings.values())
         return GenerationResult(frames=video, latents=latents.float().cpu(), fps=self.preset.fps,
                                 seed=settings.seed, settings=settings, timings=timings,
-                                peak_memory_bytes=peak_memory(self.device), expert_per_step=used)
+                                peak_memory_bytes=peak_memory(self.device), expert_per_step=used,
+                                cache_stats=dict(self.cache_stats))
 
 
 # ---- loading ---------------------------------------------------------------------------------

@@ -68,9 +68,10 @@ def _choice(enum_type, value, flag: str, default):
 
 def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_device=None,
                    attention: str = "auto", batched_cfg: bool = False, per_token_time: bool = False,
-                   lora_mode=None) -> RuntimeConfig:
+                   lora_mode=None, cache="off") -> RuntimeConfig:
     """Validate runtime choices once (device present, dtype known, modes from their enums)."""
     from .runtime.attention import BACKENDS
+    from .runtime.cache import parse_cache
     from .validate import parse_device, parse_dtype
 
     dev = parse_device(device)
@@ -86,7 +87,8 @@ def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_
         offload=_choice(OffloadMode, offload, "offload", OffloadMode.AUTO),
         text_device=parse_device(text_device) if text_device is not None else None,
         attention=attention, batched_cfg=batched_cfg, per_token_time=per_token_time,
-        lora_mode=_choice(LoRAMode, lora_mode, "lora mode", LoRAMode.MERGE))
+        lora_mode=_choice(LoRAMode, lora_mode, "lora mode", LoRAMode.MERGE),
+        cache=parse_cache(cache))
 
 
 def parse_lora_arg(text: str, flag: str = "--lora") -> tuple[str, float]:

@@ -193,10 +193,16 @@ def _model_generator(checkpoint: str | None, seed: int, **settings):
     pipe = load_pipeline(checkpoint)
     kwargs = {"seed": seed, "progress": False} | {k: v for k, v in settings.items() if v is not None}
 
+    stats = {"forwards": 0, "skipped": 0}
+
     def generate(scene: Scene) -> np.ndarray:
-        frames = pipe.generate(scene.caption, **kwargs).frames
+        result = pipe.generate(scene.caption, **kwargs)
+        for key, n in result.cache_stats.items():
+            stats[key] += n
+        frames = result.frames
         return frames.cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
 
+    generate.cache_stats = stats
     return generate
 
 
@@ -211,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guide-scale", type=float, default=None,
                     help="one CFG scale for both experts (default: the preset's per expert)")
     ap.add_argument("--seed", type=int, default=0, help="noise seed")
+    ap.add_argument("--cache", default=None, help="step cache, as `wanmoe generate --cache`")
     ap.add_argument("--prompt-seed", type=int, default=12345,
                     help="which held-out prompts (default 12345: the reported test set; tune "
                     "sampling settings on another seed)")
@@ -222,11 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     scenes = held_out_scenes(args.n, seed=args.prompt_seed, num_objects=2 if args.two_objects else 1)
     gen = render if args.ground_truth else _model_generator(
-        args.checkpoint, args.seed, steps=args.steps, shift=args.shift, guide_scale=args.guide_scale)
+        args.checkpoint, args.seed, steps=args.steps, shift=args.shift, guide_scale=args.guide_scale,
+        cache=args.cache)
     t0 = time.perf_counter()
     analyses, hits, videos = run(scenes, gen)
     print(format_table(scenes, analyses, hits))
     print(f"time: {time.perf_counter() - t0:.1f} s for {len(scenes)} videos")
+    stats = getattr(gen, "cache_stats", None)
+    if stats and stats["forwards"]:
+        print(f"cache: skipped {stats['skipped']} of {stats['forwards']} DiT forwards")
     if args.strip:
         rows = list(range(0, len(videos), max(1, len(videos) // 4)))[:4]
         write_png(np.concatenate([frame_strip(videos[i]) for i in rows], axis=0), args.strip)

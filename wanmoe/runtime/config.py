@@ -62,7 +62,7 @@ class RuntimeConfig:
     per_token_time: bool = False  # the official per-token time embedding (WanDiT.set_per_token_time)
     lora_mode: LoRAMode = LoRAMode.MERGE
     compile: bool = False  # reserved: torch.compile per block (not built yet)
-    cache: str = "off"  # reserved: step caching (not built yet)
+    cache: object | None = None  # a runtime.cache.CacheSpec; None = off
     parallel: object | None = None  # reserved: a multi-GPU plan (not built yet)
 
     @property
