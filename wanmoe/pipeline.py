@@ -302,8 +302,8 @@ def _kept_source(path):
     from .loading.detect import detect_source
     from .loading.fp8_scaled import needs_scaling
     from .loading.keymaps import key_map_for
-    from .loading.sources import open_tensors
-    from .runtime.quant.apply import KeepScaledFP8Source
+    from .loading.containers import open_tensors
+    from .loading.fp8_scaled import KeepScaledFP8Source
 
     inner, kept = open_tensors(path), None
     try:

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from wanmoe.configs import T2V_A14B
-from wanmoe.loading.keymaps_dit import official_to_diffusers
+from wanmoe.loading.keymaps.dit import official_to_diffusers
 from wanmoe.models.dit import WanDiT
 from wanmoe.pipeline import WanPipeline
 from wanmoe.sampling import make_solver

@@ -10,7 +10,8 @@ from helpers_loading import write_sharded
 from safetensors.torch import load_file, save_file
 
 from wanmoe.errors import CheckpointError
-from wanmoe.loading.sources import TensorSource, open_tensors
+from wanmoe.loading.containers import open_tensors
+from wanmoe.loading.sources import TensorSource
 
 
 def sample():

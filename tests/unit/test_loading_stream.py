@@ -16,7 +16,8 @@ from torch import nn
 
 from wanmoe.errors import CheckpointError
 from wanmoe.loading.components import load_dit
-from wanmoe.loading.sources import TensorSource, open_tensors
+from wanmoe.loading.containers import open_tensors
+from wanmoe.loading.sources import TensorSource
 from wanmoe.loading.stream import empty_weights, meta_leftovers, stream_load
 
 
@@ -198,7 +199,7 @@ def test_comfy_quant_unsupported_format_is_refused(tmp_path):
 RSS_CHILD = textwrap.dedent("""
     import json, sys, torch
     from torch import nn
-    from wanmoe.loading.sources import open_tensors
+    from wanmoe.loading.containers import open_tensors
     from wanmoe.loading.stream import empty_weights, stream_load
 
     def rss_kb(field):

@@ -178,7 +178,7 @@ def write_tiny_official_ti2v5b(root, seed: int = 0) -> Path:
 # ---- diffusers layout ------------------------------------------------------------------------
 
 def _read_all(path: Path) -> dict[str, torch.Tensor]:
-    from wanmoe.loading.sources import open_tensors
+    from wanmoe.loading.containers import open_tensors
 
     with open_tensors(path) as src:
         return {k: src.get(k).contiguous() for k in src.keys()}
@@ -206,7 +206,7 @@ def _transformer_config(official: dict, state: dict) -> dict:
 
 
 def _convert_dit(src: Path, dst: Path) -> None:
-    from wanmoe.loading.keymaps_dit import official_to_diffusers
+    from wanmoe.loading.keymaps.dit import official_to_diffusers
 
     state = _read_all(src)
     official = json.loads((src / "config.json").read_text())
@@ -215,7 +215,7 @@ def _convert_dit(src: Path, dst: Path) -> None:
 
 
 def _convert_t5(src: Path, dst: Path) -> None:
-    from wanmoe.loading.keymaps_t5 import official_to_hf
+    from wanmoe.loading.keymaps.t5 import official_to_hf
 
     state = _read_all(src)
     vocab, dim = state["token_embedding.weight"].shape
@@ -234,7 +234,7 @@ def _convert_t5(src: Path, dst: Path) -> None:
 
 
 def _convert_vae(src: Path, dst: Path) -> None:
-    from wanmoe.loading.keymaps_vae import official_to_diffusers
+    from wanmoe.loading.keymaps.vae import official_to_diffusers
 
     state = _read_all(src)
     version = "2.2" if state["encoder.conv1.weight"].shape[1] == 12 else "2.1"
