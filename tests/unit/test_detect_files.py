@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_loading import (LINEAR, TINY_DIT, TINY_VAE21, TINY_VAE22, comfy_quant_state, diffusers_transformer,
-                             diffusers_vae, dit_config_json, dit_state, fp8_scaled_state, hf_umt5, t5_state,
-                             vae_state, write_diffusers, write_gguf_dit, write_official_a14b, write_official_ti2v,
-                             write_sharded, write_wanmoe)
 from safetensors.torch import save_file
 
 from wanmoe.loading import detect as D
 from wanmoe.loading import inspect as insp
 from wanmoe.loading.sources import SafetensorsFile
+from wanmoe.testing.small import (LINEAR, TINY_DIT, TINY_VAE21, TINY_VAE22, comfy_quant_state, diffusers_transformer,
+                                  diffusers_vae, dit_config_json, dit_state, fp8_scaled_state, hf_umt5, t5_state,
+                                  vae_state, write_diffusers, write_gguf_dit, write_official_a14b, write_official_ti2v,
+                                  write_sharded, write_wanmoe)
 
 
 @pytest.fixture(scope="module")

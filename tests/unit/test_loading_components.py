@@ -7,8 +7,6 @@ import json
 
 import pytest
 import torch
-from helpers_loading import (TINY_DIT, TINY_VAE21, TINY_VAE22, diffusers_transformer, diffusers_vae,
-                             dit_state, hf_umt5, t5_state, vae_state, write_official_a14b)
 from safetensors.torch import save_file
 
 from wanmoe.errors import CheckpointError
@@ -16,6 +14,8 @@ from wanmoe.loading import inspect as insp
 from wanmoe.loading.checkpoint import resolve_checkpoint
 from wanmoe.loading.components import load_dit, load_text_encoder, load_vae
 from wanmoe.loading.containers import open_tensors
+from wanmoe.testing.small import (TINY_DIT, TINY_VAE21, TINY_VAE22, diffusers_transformer, diffusers_vae,
+                                  dit_state, hf_umt5, t5_state, vae_state, write_official_a14b)
 
 
 def _equal_state(model, sd, dtype=None):

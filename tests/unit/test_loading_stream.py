@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_loading import LINEAR, TINY_DIT, comfy_quant_state, dit_state, fp8_scaled_state, write_gguf_dit
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -19,6 +18,7 @@ from wanmoe.loading.components import load_dit
 from wanmoe.loading.containers import open_tensors
 from wanmoe.loading.sources import TensorSource
 from wanmoe.loading.stream import empty_weights, meta_leftovers, stream_load
+from wanmoe.testing.small import LINEAR, TINY_DIT, comfy_quant_state, dit_state, fp8_scaled_state, write_gguf_dit
 
 
 class Tiny(nn.Module):
