@@ -1,7 +1,7 @@
 """The sampling pipeline vs diffusers' `WanPipeline`: the MoE path (two transformers,
 boundary_ratio 0.875) and the dense TI2V-5B path (`expand_timesteps=True`).
 
-Same tiny random weights (official names -> diffusers names through `keymaps_dit`), the same
+Same tiny random weights (official names -> diffusers names through `keymaps.dit`), the same
 prompt / negative-prompt embeddings (zero-padded to text_len = 512 rows for diffusers, exactly
 what the official DiT does to the trimmed T5 output), the same initial latents and the same
 sampler: diffusers' own UniPC feeds `1000 * sigma` timesteps from a different sigma grid than the

@@ -39,6 +39,11 @@ RULES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("wanmoe.runtime",): ("wanmoe.loading", "wanmoe.pipeline", "wanmoe.cli"),
 }
 
+# Inside wanmoe.loading, bottom to top: a module imports only modules before it in this list
+# (a `keymaps.*` submodule counts as `keymaps`; see wanmoe/loading/__init__.py).
+LOADING_ORDER = ("sources", "gguf", "containers", "renames", "detect", "fp8_scaled", "stream", "keymaps",
+                 "opener", "checkpoint", "components", "inspect")
+
 # Allowed for now, each with its reason; delete an entry when its import is gone (the test then
 # insists it stays gone: a listed edge that no longer exists fails too, so the list cannot go stale).
 KNOWN_VIOLATIONS: set[tuple[str, str]] = {
@@ -190,6 +195,30 @@ def test_layering_rules(graph):
     assert not new, "layering violations (importer -> imported):\n" + "\n".join(f"  {a} -> {b}" for a, b in new)
     gone = sorted(KNOWN_VIOLATIONS - found)
     assert not gone, f"fixed, delete from KNOWN_VIOLATIONS: {gone}"
+
+
+def _loading_rank(module: str) -> int | None:
+    """Position in LOADING_ORDER (the package `__init__` last), None outside wanmoe.loading."""
+    if module == "wanmoe.loading":
+        return len(LOADING_ORDER)
+    if not module.startswith("wanmoe.loading."):
+        return None
+    name = module.split(".")[2]
+    assert name in LOADING_ORDER, f"{module} is not placed in LOADING_ORDER"
+    return LOADING_ORDER.index(name)
+
+
+def test_loading_modules_import_downwards_only(graph):
+    upward = []
+    for m, targets in graph.items():
+        rank = _loading_rank(m)
+        if rank is None:
+            continue
+        for t in targets:
+            rt = _loading_rank(t)
+            if rt is not None and rt > rank:  # equal ranks: within the keymaps package
+                upward.append(f"{m} -> {t}")
+    assert not upward, "upward imports inside wanmoe.loading (see LOADING_ORDER):\n  " + "\n  ".join(upward)
 
 
 # ---- the checker on synthetic input ---------------------------------------------------------
