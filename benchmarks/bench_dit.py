@@ -28,7 +28,7 @@ import time
 import torch
 
 from wanmoe.configs import A14B_DIT, DiTConfig
-from wanmoe.loading.keymaps_dit import official_to_diffusers
+from wanmoe.loading.keymaps.dit import official_to_diffusers
 from wanmoe.models.dit import WanDiT
 
 CPU_SIZES = {  # name: (config, latent grid F, H, W)

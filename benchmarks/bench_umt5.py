@@ -26,7 +26,7 @@ from dataclasses import replace
 import torch
 
 from wanmoe.configs import UMT5_XXL, T5Config
-from wanmoe.loading.keymaps_t5 import HF_TIED, official_to_hf
+from wanmoe.loading.keymaps.t5 import HF_TIED, official_to_hf
 from wanmoe.text.encoder import cpu_lacks_bf16
 from wanmoe.text.umt5 import UMT5Encoder
 

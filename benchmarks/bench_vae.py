@@ -27,7 +27,7 @@ import time
 import torch
 
 from wanmoe.configs import WAN21_VAE, WAN22_VAE
-from wanmoe.loading.keymaps_vae import official_to_diffusers
+from wanmoe.loading.keymaps.vae import official_to_diffusers
 from wanmoe.vae import TileSpec, build_vae
 
 SIZES = {"480P": (832, 480), "720P": (1280, 720)}

@@ -3,6 +3,8 @@
 #
 #   scripts/train_demo.sh [WORK_DIR]        (default WORK_DIR: ./demo_train)
 #
+# `wanmoe train` runs the demo-only trainer in wanmoe/demo/training/.
+#
 # Stages (each resumable: re-run the same command after an interruption; see docs/demo.md):
 #   1. VAE: 600 steps on 9-frame 64x64 crops + 1400 on 17-frame 64x64 windows, then the
 #      latent mean/std (2 torch threads)

@@ -6,16 +6,13 @@ import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+MANIFESTS = Path(__file__).resolve().parent / "data" / "manifests"
 
 
 @pytest.fixture(scope="session")
 def manifests_dir() -> Path:
-    d = SHARED / "manifests"
-    if not d.is_dir():
-        pytest.skip(f"manifests not found at {d} (shared/ must sit beside the repository)")
-    return d
+    """Tensor manifests of the released checkpoints (names, shapes, dtypes), kept in the repository."""
+    return MANIFESTS
 
 
 def pytest_collection_modifyitems(config, items):

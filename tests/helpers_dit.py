@@ -12,6 +12,7 @@ from types import ModuleType
 import torch
 
 from wanmoe.configs import DiTConfig
+from wanmoe.testing.references import diffusers_kwargs  # noqa: F401 (re-exported for the parity tests)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,14 +41,6 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """max|a - b| / max|b|, computed in fp32 (inputs may be bf16)."""
     a, b = a.float(), b.float()
     return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def diffusers_kwargs(cfg: DiTConfig) -> dict:
-    """`WanTransformer3DModel` arguments describing the same architecture as `cfg`."""
-    return dict(patch_size=cfg.patch_size, num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
-                in_channels=cfg.in_dim, out_channels=cfg.out_dim, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
-                ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads", eps=cfg.eps)
 
 
 def load_benchmark(name: str) -> ModuleType:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from wanmoe.loading.keymaps_dit import official_to_diffusers
+from wanmoe.loading.keymaps.dit import official_to_diffusers
 
 BLOCK_LINEARS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q",
                  "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")

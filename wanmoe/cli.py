@@ -22,7 +22,7 @@ from .sampling import PRESETS, SOLVERS
 OPTIONAL_COMMANDS = {
     "inspect": ("wanmoe.loading.inspect", "show what a checkpoint file or folder is (format, dims, dtypes)"),
     "convert": ("wanmoe.convert", "convert a checkpoint between layouts"),
-    "train": ("wanmoe.training.cli", "train the tiny demo model"),
+    "train": ("wanmoe.demo.training.cli", "train the tiny demo model"),
 }
 
 

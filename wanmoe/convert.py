@@ -48,23 +48,10 @@ class _Out:
 
 def _open_dit(path: Path):
     """(source, {official name: source name}) of one DiT expert in any readable layout."""
-    from wanmoe.loading.components import detect_source
-    from wanmoe.loading.fp8_scaled import ScaledFp8Source, needs_scaling
-    from wanmoe.loading.keymaps import key_map_for
-    from wanmoe.loading.sources import open_tensors
+    from wanmoe.loading.opener import open_component
 
-    src = open_tensors(path)
-    try:
-        if needs_scaling(src):
-            src = ScaledFp8Source(src)
-        det = detect_source(src)
-        if det.component != "dit":
-            raise CheckpointError(f"{path} is {det.model} ({det.component}); `wanmoe convert` converts "
-                                  "DiT experts only")
-        key_map = key_map_for(det, src.keys()) or (lambda n: n)  # None: names are official already
-    except BaseException:
-        src.close()
-        raise
+    src, key_map = open_component(path, "dit")  # scaled fp8: scales applied as tensors are read
+    key_map = key_map or (lambda n: n)  # None: names are official already
     names = {}
     for key in src.keys():
         official = key_map(key)
@@ -76,7 +63,7 @@ def _open_dit(path: Path):
 def expert_paths(src: Path) -> dict[str, Path]:
     """Expert name -> weights path: the experts of a checkpoint folder, or SRC itself."""
     if (src / "wanmoe.json").is_file():
-        from wanmoe.loading.detect import read_json
+        from wanmoe.loading.containers import read_json
 
         meta = read_json(src / "wanmoe.json")
         try:

@@ -297,13 +297,14 @@ def _load_expert(spec, name: str, rt: RuntimeConfig, device: torch.device, works
     """
     from .loading.components import load_dit
     from .runtime.attention import set_attention
+    from .loading import open_component
     from .lora.apply import apply_loras
     from .runtime.config import LoRAMode, WeightMode
     from .runtime.quant.apply import make_installer, quantize_model
 
     source, key_map = spec.experts[name], None
-    if rt.weights is WeightMode.KEEP:
-        source, key_map = _kept_source(source)
+    if rt.weights is WeightMode.KEEP:  # scaled-fp8 files stay fp8 (FP8Linear); GGUF stays anyway
+        source, key_map = open_component(source, "dit", keep_quantized=True)
     try:
         model = load_dit(source, spec.preset.dit, compute_dtype=rt.dtype, device=device,
                          key_map=key_map, install_quantized=make_installer(workspace, device=device))
@@ -318,28 +319,6 @@ def _load_expert(spec, name: str, rt: RuntimeConfig, device: torch.device, works
         apply_loras(model, loras, rt.lora_mode)
     set_attention(model, rt.attention)
     return model.set_compute_dtype(rt.dtype).set_per_token_time(rt.per_token_time).eval()
-
-
-def _kept_source(path):
-    """`--weights keep`: a scaled-fp8 file is opened so its fp8 weights stay fp8 (FP8Linear).
-
-    Other files are returned as the path: GGUF stays quantised anyway, float files load at the
-    storage dtypes the compute dtype needs. Returns (source or path, key map or None).
-    """
-    from .loading.detect import detect_source
-    from .loading.fp8_scaled import needs_scaling
-    from .loading.keymaps import key_map_for
-    from .loading.sources import open_tensors
-    from .runtime.quant.apply import KeepScaledFP8Source
-
-    inner, kept = open_tensors(path), None
-    try:
-        if needs_scaling(inner):
-            kept = KeepScaledFP8Source(inner), key_map_for(detect_source(inner), inner.keys())
-    finally:
-        if kept is None:  # not scaled fp8, or refused: the caller never sees this handle
-            inner.close()
-    return kept or (path, None)
 
 
 def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, vae=None,

@@ -1,7 +1,8 @@
 """The edge: what to generate (`GenerationRequest`) and how to run it (`RuntimeConfig`).
 
-Both are built and validated here, once, from user values (CLI flags, Python API keyword
-arguments, later the server's JSON). The checks themselves live in `wanmoe.validate`; nothing
+Both are built and validated at the edge, once, from user values (CLI flags, Python API keyword
+arguments, later the server's JSON): `GenerationRequest` by `wanmoe.validate.settings_for`, the
+RuntimeConfig here by `runtime_config`. The checks live in `wanmoe.validate`; nothing
 below this layer validates user input again. The path of a guide scale, for example:
 
     cli --guide-scale -> validate.settings_for (parse_guide_scale: the one check)
@@ -11,47 +12,14 @@ below this layer validates user input again. The path of a guide scale, for exam
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING
 
 from .errors import InputError
 from .runtime.config import LoRAMode, OffloadMode, RuntimeConfig, WeightMode
+from .validate import GenerationRequest, parse_device, parse_dtype
 
 if TYPE_CHECKING:
     from .configs import ModelPreset
-    from .models.experts import ExpertSchedule
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """Validated generation values: every value filled in (preset default or user value)."""
-
-    width: int
-    height: int
-    frames: int
-    steps: int
-    shift: float
-    guide_scale: tuple[float, ...]  # one per expert, ordered high-noise -> low-noise
-    boundary: float | None  # timestep fraction; None for a dense model
-    solver: str
-    seed: int  # never -1: a random seed is drawn at validation
-    preset: "ModelPreset | None" = field(default=None, repr=False, compare=False)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return (self.width, self.height)
-
-    @cached_property
-    def schedule(self) -> "ExpertSchedule":
-        """The expert schedule of this request (built once: boundary and guidance per expert)."""
-        from .models.experts import ExpertSchedule
-
-        if self.preset is None:
-            raise InputError("this request was built without a model preset; build it with "
-                             "wanmoe.validate.settings_for(preset, ...)")
-        return ExpertSchedule.from_preset(self.preset, boundary=self.boundary,
-                                          guidance=self.guide_scale)
 
 
 def _choice(enum_type, value, flag: str, default):
@@ -72,7 +40,6 @@ def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_
     """Validate runtime choices once (device present, dtype known, modes from their enums)."""
     from .runtime.attention import BACKENDS
     from .runtime.cache import parse_cache
-    from .validate import parse_device, parse_dtype
 
     dev = parse_device(device)
     dt = parse_dtype(dtype if dtype is not None else ("bf16" if dev.type == "cuda" else "fp32"))

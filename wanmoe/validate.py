@@ -10,13 +10,14 @@ import math
 import random
 import re
 import sys
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
 from .configs import ModelPreset
 from .errors import InputError
 from .models.experts import boundary_from_snr
-from .request import GenerationRequest
 from .runtime.config import WeightMode
 from .sampling import SOLVERS as _SOLVER_REGISTRY
 
@@ -28,7 +29,39 @@ SEED_MAX = sys.maxsize  # the official random seed is drawn from [0, sys.maxsize
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[*xX×]\s*(\d+)\s*$")
 
 
-# The validated request type (`Settings` is its old name, kept for the Python API).
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Validated generation values: every value filled in (preset default or user value)."""
+
+    width: int
+    height: int
+    frames: int
+    steps: int
+    shift: float
+    guide_scale: tuple[float, ...]  # one per expert, ordered high-noise -> low-noise
+    boundary: float | None  # timestep fraction; None for a dense model
+    solver: str
+    seed: int  # never -1: a random seed is drawn at validation
+    preset: "ModelPreset | None" = field(default=None, repr=False, compare=False)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+    @cached_property
+    def schedule(self) -> "ExpertSchedule":
+        """The expert schedule of this request (built once: boundary and guidance per expert)."""
+        from .models.experts import ExpertSchedule
+
+        if self.preset is None:
+            raise InputError("this request was built without a model preset; build it with "
+                             "wanmoe.validate.settings_for(preset, ...)")
+        return ExpertSchedule.from_preset(self.preset, boundary=self.boundary,
+                                          guidance=self.guide_scale)
+
+
+
+# The old name of the validated request type, kept for the Python API.
 Settings = GenerationRequest
 
 

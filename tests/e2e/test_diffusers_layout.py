@@ -8,10 +8,10 @@ text encoder with `from_pretrained`. Every tensor equals the official tensor it 
 import pytest
 import torch
 
-from wanmoe.loading.keymaps_dit import official_to_diffusers
-from wanmoe.loading.keymaps_t5 import official_to_hf
-from wanmoe.loading.keymaps_vae import official_to_diffusers as vae_official_to_diffusers
-from wanmoe.loading.sources import open_tensors
+from wanmoe.loading.keymaps.dit import official_to_diffusers
+from wanmoe.loading.keymaps.t5 import official_to_hf
+from wanmoe.loading.keymaps.vae import official_to_diffusers as vae_official_to_diffusers
+from wanmoe.loading.containers import open_tensors
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")

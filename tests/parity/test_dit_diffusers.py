@@ -17,7 +17,7 @@ import torch
 from helpers_dit import diffusers_kwargs, load_benchmark, randomize_, rel
 
 from wanmoe.configs import DiTConfig
-from wanmoe.loading.keymaps_dit import official_to_diffusers
+from wanmoe.loading.keymaps.dit import official_to_diffusers
 from wanmoe.models.dit import WanDiT
 
 diffusers = pytest.importorskip("diffusers")

@@ -23,7 +23,7 @@ dq = pytest.importorskip("diffusers.quantizers.gguf.utils")
 
 from wanmoe.loading.components import load_dit  # noqa: E402
 from wanmoe.loading.gguf import write_gguf  # noqa: E402
-from wanmoe.loading.keymaps_dit import official_to_diffusers  # noqa: E402
+from wanmoe.loading.keymaps.dit import official_to_diffusers  # noqa: E402
 from wanmoe.runtime.quant.apply import make_installer  # noqa: E402
 from wanmoe.runtime.quant.gguf_dequant import dequantize  # noqa: E402
 from wanmoe.runtime.quant.linear import DequantWorkspace  # noqa: E402

@@ -22,7 +22,7 @@ import torch
 from helpers_dit import TINY, diffusers_kwargs, randomize_, rel
 from helpers_lora import EXTRA_LINEARS, block_modules, lora_factors, write_layout
 
-from wanmoe.loading.keymaps_dit import diffusers_to_official, official_to_diffusers
+from wanmoe.loading.keymaps.dit import diffusers_to_official, official_to_diffusers
 from wanmoe.lora import load_lora, merge_loras
 from wanmoe.models.dit import WanDiT
 

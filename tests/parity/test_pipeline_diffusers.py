@@ -1,7 +1,7 @@
 """The sampling pipeline vs diffusers' `WanPipeline`: the MoE path (two transformers,
 boundary_ratio 0.875) and the dense TI2V-5B path (`expand_timesteps=True`).
 
-Same tiny random weights (official names -> diffusers names through `keymaps_dit`), the same
+Same tiny random weights (official names -> diffusers names through `keymaps.dit`), the same
 prompt / negative-prompt embeddings (zero-padded to text_len = 512 rows for diffusers, exactly
 what the official DiT does to the trimmed T5 output), the same initial latents and the same
 sampler: diffusers' own UniPC feeds `1000 * sigma` timesteps from a different sigma grid than the
@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from wanmoe.configs import T2V_A14B
-from wanmoe.loading.keymaps_dit import official_to_diffusers
+from wanmoe.loading.keymaps.dit import official_to_diffusers
 from wanmoe.models.dit import WanDiT
 from wanmoe.pipeline import WanPipeline
 from wanmoe.sampling import make_solver

@@ -7,11 +7,12 @@ from helpers_text import captions, rel
 transformers = pytest.importorskip("transformers")
 
 from wanmoe.configs import T5Config  # noqa: E402
-from wanmoe.loading.keymaps_t5 import hf_state_to_official_names  # noqa: E402
+from wanmoe.loading.keymaps.t5 import hf_state_to_official_names  # noqa: E402
 from wanmoe.text.encoder import TextEncoder  # noqa: E402
 from wanmoe.text.tokenizer import load_tokenizer  # noqa: E402
 from wanmoe.text.train_tokenizer import train_unigram_tokenizer  # noqa: E402
-from wanmoe.text.umt5 import UMT5Encoder, relative_position_bucket, t5_config_from_shapes  # noqa: E402
+from wanmoe.loading.detect import t5_config_from_shapes  # noqa: E402
+from wanmoe.text.umt5 import UMT5Encoder, relative_position_bucket  # noqa: E402
 
 VOCAB, D, HEADS, DKV, FFN, LAYERS, LEN = 300, 64, 4, 16, 96, 2, 24
 

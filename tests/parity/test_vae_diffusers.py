@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers_vae import one_thread, rel, seeded_vae, tiny_cfg  # noqa: F401  (one_thread: autouse fixture)
 
-from wanmoe.loading.keymaps_vae import official_to_diffusers
+from wanmoe.loading.keymaps.vae import official_to_diffusers
 from wanmoe.vae.blocks import use_reference_kernels
 
 diffusers = pytest.importorskip("diffusers", reason="parity reference needs diffusers")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_loading import (LINEAR, TINY_DIT, TINY_VAE21, TINY_VAE22, comfy_quant_state, diffusers_transformer,
-                             diffusers_vae, dit_config_json, dit_state, fp8_scaled_state, hf_umt5, t5_state,
-                             vae_state, write_diffusers, write_gguf_dit, write_official_a14b, write_official_ti2v,
-                             write_sharded, write_wanmoe)
 from safetensors.torch import save_file
 
 from wanmoe.loading import detect as D
+from wanmoe.loading import inspect as insp
 from wanmoe.loading.sources import SafetensorsFile
+from wanmoe.testing.small import (LINEAR, TINY_DIT, TINY_VAE21, TINY_VAE22, comfy_quant_state, diffusers_transformer,
+                                  diffusers_vae, dit_config_json, dit_state, fp8_scaled_state, hf_umt5, t5_state,
+                                  vae_state, write_diffusers, write_gguf_dit, write_official_a14b, write_official_ti2v,
+                                  write_sharded, write_wanmoe)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ EXPECT = {
 
 @pytest.mark.parametrize("label", sorted(EXPECT))
 def test_file_layouts(files, label):
-    det = D.detect(files[label])
+    det = insp.detect(files[label])
     assert (det.format, det.component) == EXPECT[label]
     if det.component == "dit":
         dims = {k: det.dims[k] for k in ("dim", "ffn_dim", "num_layers", "in_dim", "out_dim", "text_dim", "freq_dim")}
@@ -67,15 +68,15 @@ def test_file_layouts(files, label):
 
 
 def test_heads_from_config_json_else_flagged(files):
-    assert D.detect(files["sharded"]).dims["num_heads"] == TINY_DIT.num_heads  # config.json
-    assert D.detect(files["diffusers"]).dims["num_heads"] == TINY_DIT.num_heads  # diffusers config.json
-    single = D.detect(files["official-torch.float32"])
+    assert insp.detect(files["sharded"]).dims["num_heads"] == TINY_DIT.num_heads  # config.json
+    assert insp.detect(files["diffusers"]).dims["num_heads"] == TINY_DIT.num_heads  # diffusers config.json
+    single = insp.detect(files["official-torch.float32"])
     assert single.dims["num_heads"] is None and any("num_heads unknown" in n for n in single.notes)
 
 
 @pytest.mark.parametrize("dt", ["float32", "float16", "bfloat16"])
 def test_dtype_histogram_matches_file(files, dt):
-    det = D.detect(files[f"official-torch.{dt}"])
+    det = insp.detect(files[f"official-torch.{dt}"])
     sd = dit_state()
     n = sum(t.numel() for t in sd.values())
     assert det.dtypes == {dt: {"count": len(sd), "bytes": n * getattr(torch, dt).itemsize}}
@@ -84,16 +85,16 @@ def test_dtype_histogram_matches_file(files, dt):
 def test_quant_histograms(files):
     linears = {k: t for k, t in dit_state().items() if LINEAR.match(k)}
     n_lin = len(linears)
-    assert D.detect(files["fp8_scaled"]).dtypes["float8_e4m3fn"]["count"] == n_lin + 1  # + scaled_fp8 marker
-    assert D.detect(files["comfy_quant"]).dtypes["uint8"]["count"] == n_lin  # the comfy_quant JSON tensors
-    g = D.detect(files["gguf"])
+    assert insp.detect(files["fp8_scaled"]).dtypes["float8_e4m3fn"]["count"] == n_lin + 1  # + scaled_fp8 marker
+    assert insp.detect(files["comfy_quant"]).dtypes["uint8"]["count"] == n_lin  # the comfy_quant JSON tensors
+    g = insp.detect(files["gguf"])
     assert g.dtypes["Q8_0"]["count"] == n_lin
     q8 = sum(t.numel() for t in linears.values())
     assert g.dtypes["Q8_0"]["bytes"] == q8 // 32 * 34  # Q8_0 block: fp16 scale + 32 int8
 
 
 def test_no_two_file_layouts_alike(files):
-    keys = {label: D.detect(files[label]).key for label in EXPECT}
+    keys = {label: insp.detect(files[label]).key for label in EXPECT}
     assert len(set(keys.values())) == len(keys), keys
 
 
@@ -103,7 +104,7 @@ def test_detection_reads_headers_only(files, monkeypatch):
 
     monkeypatch.setattr(SafetensorsFile, "get", boom)
     for label in ("official-torch.float32", "fp8_scaled", "sharded", "diffusers", "t5_hf"):
-        D.detect(files[label])
+        insp.detect(files[label])
 
 
 @pytest.mark.parametrize("writer,fmt,experts", [
@@ -112,7 +113,7 @@ def test_detection_reads_headers_only(files, monkeypatch):
     (write_diffusers, "diffusers-dir", ["high_noise", "low_noise"]),
     (write_wanmoe, "wanmoe-dir", ["high_noise", "low_noise"])])
 def test_folder_layouts(tmp_path, writer, fmt, experts):
-    det = D.detect(writer(tmp_path / "ckpt"))
+    det = insp.detect(writer(tmp_path / "ckpt"))
     assert (det.format, det.component) == (fmt, "pipeline")
     assert sorted(det.parts) == sorted([*experts, "text_encoder", "vae"])
     assert {det.parts[e].component for e in experts} == {"dit"}

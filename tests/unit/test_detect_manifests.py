@@ -11,10 +11,10 @@ import json
 import re
 
 import pytest
-from helpers_loading import LINEAR
 
 from wanmoe.configs import A14B_DIT, TI2V_5B_DIT, UMT5_XXL
 from wanmoe.loading import detect as D
+from wanmoe.testing.small import LINEAR
 
 
 def _load(manifests_dir, name):

@@ -7,7 +7,7 @@ import torch
 
 from wanmoe import configs
 from wanmoe.errors import CheckpointError
-from wanmoe.loading import keymaps_dit as K
+from wanmoe.loading.keymaps import dit as K
 from wanmoe.models.dit import WanDiT
 
 

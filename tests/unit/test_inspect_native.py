@@ -2,7 +2,7 @@
 
 import json
 
-from wanmoe.loading.detect import detect
+from wanmoe.loading.inspect import detect
 from wanmoe.pipeline import DEMO_DIR
 
 

@@ -1,11 +1,12 @@
-"""Checks of the tiny checkpoint writers in tests/helpers_loading.py against the real layouts."""
+"""Checks of the small checkpoint writers (wanmoe.testing.small) against the real layouts."""
 
 from __future__ import annotations
 
 import json
 import re
 
-from helpers_loading import TINY_VAE21, TINY_VAE22, dit_state, t5_state, vae_state
+from wanmoe.testing.small import TINY_VAE21, TINY_VAE22, dit_state, t5_state, vae_state
+
 
 
 def test_tiny_official_names_match_the_real_layout(manifests_dir):

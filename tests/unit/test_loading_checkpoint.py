@@ -8,13 +8,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-from helpers_loading import (TINY_DIT, TINY_T5, TINY_VAE21, dit_state, tiny_preset, vae_state,
-                             write_diffusers, write_official_a14b, write_official_ti2v, write_wanmoe)
 from safetensors.torch import save_file
 
 from wanmoe.errors import CheckpointError
 from wanmoe.loading.checkpoint import resolve_checkpoint
 from wanmoe.loading.components import load_dit
+from wanmoe.testing.small import (TINY_DIT, TINY_T5, TINY_VAE21, dit_state, tiny_preset, vae_state,
+                                  write_diffusers, write_official_a14b, write_official_ti2v, write_wanmoe)
 
 
 @pytest.fixture(scope="module")

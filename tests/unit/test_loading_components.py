@@ -7,15 +7,15 @@ import json
 
 import pytest
 import torch
-from helpers_loading import (TINY_DIT, TINY_VAE21, TINY_VAE22, diffusers_transformer, diffusers_vae,
-                             dit_state, hf_umt5, t5_state, vae_state, write_official_a14b)
 from safetensors.torch import save_file
 
 from wanmoe.errors import CheckpointError
 from wanmoe.loading import inspect as insp
 from wanmoe.loading.checkpoint import resolve_checkpoint
 from wanmoe.loading.components import load_dit, load_text_encoder, load_vae
-from wanmoe.loading.sources import open_tensors
+from wanmoe.loading.containers import open_tensors
+from wanmoe.testing.small import (TINY_DIT, TINY_VAE21, TINY_VAE22, diffusers_transformer, diffusers_vae,
+                                  dit_state, hf_umt5, t5_state, vae_state, write_official_a14b)
 
 
 def _equal_state(model, sd, dtype=None):
@@ -75,7 +75,7 @@ def test_text_encoder_hf_folder(tmp_path):
 
 @pytest.mark.parametrize("cfg", [TINY_VAE21, TINY_VAE22], ids=["2.1", "2.2"])
 def test_vae_official_and_diffusers(tmp_path, cfg):
-    from wanmoe.loading.keymaps_vae import official_to_diffusers
+    from wanmoe.loading.keymaps.vae import official_to_diffusers
 
     sd = vae_state(cfg)
     torch.save(sd, tmp_path / "vae.pth")

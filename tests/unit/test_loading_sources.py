@@ -6,11 +6,12 @@ import json
 
 import pytest
 import torch
-from helpers_loading import write_sharded
 from safetensors.torch import load_file, save_file
 
 from wanmoe.errors import CheckpointError
-from wanmoe.loading.sources import TensorSource, open_tensors
+from wanmoe.loading.containers import open_tensors
+from wanmoe.loading.sources import TensorSource
+from wanmoe.testing.small import write_sharded
 
 
 def sample():

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_loading import LINEAR, TINY_DIT, comfy_quant_state, dit_state, fp8_scaled_state, write_gguf_dit
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from wanmoe.errors import CheckpointError
 from wanmoe.loading.components import load_dit
-from wanmoe.loading.sources import TensorSource, open_tensors
+from wanmoe.loading.containers import open_tensors
+from wanmoe.loading.sources import TensorSource
 from wanmoe.loading.stream import empty_weights, meta_leftovers, stream_load
+from wanmoe.testing.small import LINEAR, TINY_DIT, comfy_quant_state, dit_state, fp8_scaled_state, write_gguf_dit
 
 
 class Tiny(nn.Module):
@@ -198,7 +199,7 @@ def test_comfy_quant_unsupported_format_is_refused(tmp_path):
 RSS_CHILD = textwrap.dedent("""
     import json, sys, torch
     from torch import nn
-    from wanmoe.loading.sources import open_tensors
+    from wanmoe.loading.containers import open_tensors
     from wanmoe.loading.stream import empty_weights, stream_load
 
     def rss_kb(field):

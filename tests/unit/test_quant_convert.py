@@ -11,7 +11,7 @@ gguf = pytest.importorskip("gguf", reason="GGUF output and its reference quantis
 from wanmoe.convert import convert, convert_expert  # noqa: E402
 from wanmoe.errors import InputError  # noqa: E402
 from wanmoe.loading.gguf import open_gguf  # noqa: E402
-from wanmoe.loading.sources import open_tensors  # noqa: E402
+from wanmoe.loading.containers import open_tensors  # noqa: E402
 from wanmoe.models.dit import WanDiT  # noqa: E402
 from wanmoe.runtime.quant.gguf_dequant import GGUFWeight  # noqa: E402
 from wanmoe.runtime.quant.quantize import quantize_fp8  # noqa: E402
@@ -79,7 +79,7 @@ def test_gguf_q8_0_layout(src, tmp_path):
 
 
 def test_from_diffusers_layout_and_folder(src, tmp_path):
-    from wanmoe.loading.keymaps_dit import official_to_diffusers
+    from wanmoe.loading.keymaps.dit import official_to_diffusers
 
     _, sd = src
     root = tmp_path / "ckpt"

@@ -176,8 +176,8 @@ def test_quantize_model_converts_kept_gguf_layers(mode):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fp8_file_kept_in_fp8(files, dtype):
-    from wanmoe.loading.sources import open_tensors
-    from wanmoe.runtime.quant.apply import KeepScaledFP8Source
+    from wanmoe.loading.containers import open_tensors
+    from wanmoe.loading.fp8_scaled import KeepScaledFP8Source
 
     out = files("fp8")
     kept = load_dit(KeepScaledFP8Source(open_tensors(out)), CFG, dtype, key_map=lambda n: n,
@@ -187,8 +187,9 @@ def test_fp8_file_kept_in_fp8(files, dtype):
 
 
 def test_keep_source_reads_comfy_legacy_fp8(tmp_path):
-    from wanmoe.loading.sources import open_tensors
-    from wanmoe.runtime.quant.apply import FP8Weight, KeepScaledFP8Source
+    from wanmoe.loading.containers import open_tensors
+    from wanmoe.loading.fp8_scaled import KeepScaledFP8Source
+    from wanmoe.runtime.quant.apply import FP8Weight
 
     w = torch.randn(8, 16)
     q = (w / 0.01).to(torch.float8_e4m3fn)
@@ -206,8 +207,8 @@ def test_keep_source_reads_comfy_legacy_fp8(tmp_path):
 
 
 def test_keep_source_refuses_what_it_cannot_keep(tmp_path):
-    from wanmoe.loading.sources import open_tensors
-    from wanmoe.runtime.quant.apply import KeepScaledFP8Source
+    from wanmoe.loading.containers import open_tensors
+    from wanmoe.loading.fp8_scaled import KeepScaledFP8Source
 
     e5 = torch.randn(8, 16).to(torch.float8_e5m2)
     save_file({"a.weight": e5, "a.scale_weight": torch.tensor(2.0)}, str(tmp_path / "e5.safetensors"))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from wanmoe.errors import CheckpointError
-from wanmoe.loading.keymaps_t5 import HF_TIED, hf_state_to_official_names, hf_to_official, official_to_hf
+from wanmoe.loading.keymaps.t5 import HF_TIED, hf_state_to_official_names, hf_to_official, official_to_hf
 
 
 def _tensors(manifests_dir, name):

@@ -10,7 +10,8 @@ from helpers_text import rel
 
 from wanmoe.configs import UMT5_XXL, T5Config
 from wanmoe.errors import CheckpointError
-from wanmoe.text.umt5 import T5RMSNorm, TanhGELU, UMT5Encoder, relative_position_bucket, t5_config_from_shapes
+from wanmoe.loading.detect import t5_config_from_shapes
+from wanmoe.text.umt5 import T5RMSNorm, TanhGELU, UMT5Encoder, relative_position_bucket
 
 TINY = T5Config(vocab_size=64, dim=32, dim_attn=32, dim_ffn=48, num_heads=4, num_layers=2, text_len=16)
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from wanmoe.training import flow as F
+from wanmoe.demo.training import flow as F
 
 
 def test_shift_matches_spec_formula_and_inverts():

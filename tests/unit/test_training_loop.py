@@ -9,14 +9,14 @@ import torch
 from wanmoe.configs import DiTConfig, T5Config
 from wanmoe.demo.clips import training_scenes
 from wanmoe.demo.preset import DEMO, demo_preset
-from wanmoe.training.common import EMA, lr_at
-from wanmoe.training.dit_trainer import DiTRun, DiTTrainConfig
+from wanmoe.demo.training.common import EMA, lr_at
+from wanmoe.demo.training.dit_trainer import DiTRun, DiTTrainConfig
 
 
 @pytest.fixture(scope="module")
 def tok():
     from wanmoe.text.tokenizer import PromptTokenizer
-    from wanmoe.training.text import train_caption_tokenizer
+    from wanmoe.demo.training.text import train_caption_tokenizer
 
     return PromptTokenizer(train_caption_tokenizer(96, n=300), text_len=8)
 
@@ -89,7 +89,7 @@ def test_ema_and_lr_schedule():
 
 def test_export_folder_loads_through_the_pipeline(tmp_path, tok):
     from wanmoe.loading.checkpoint import resolve_checkpoint
-    from wanmoe.training.export import write_folder
+    from wanmoe.demo.training.export import write_folder
     from wanmoe.vae import build_vae
 
     run = _run(tmp_path, tok, 1)

@@ -2,9 +2,9 @@
 
 import torch
 
-from wanmoe.training import demo_run as D
-from wanmoe.training.common import load_state, save_state
-from wanmoe.training.vae_trainer import VAETrainConfig, skip_init
+from wanmoe.demo.training import demo_run as D
+from wanmoe.demo.training.common import load_state, save_state
+from wanmoe.demo.training.vae_trainer import VAETrainConfig, skip_init
 
 
 def _base(work, seed=0):

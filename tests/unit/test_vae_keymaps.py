@@ -5,7 +5,7 @@ import json
 import pytest
 
 from wanmoe.errors import CheckpointError
-from wanmoe.loading.keymaps_vae import diffusers_to_official, official_to_diffusers, to_official
+from wanmoe.loading.keymaps.vae import diffusers_to_official, official_to_diffusers, to_official
 
 
 def _load(manifests_dir, name):

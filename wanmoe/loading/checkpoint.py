@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from wanmoe.configs import T2V_A14B, TI2V_5B, WAN21_VAE, WAN22_VAE, DiTConfig, ModelPreset, VAEConfig
+from wanmoe.configs import (T2V_A14B, TI2V_5B, WAN21_VAE, WAN22_VAE, DiTConfig, ModelPreset, VAEConfig,
+                            preset_from_dict)
 from wanmoe.errors import CheckpointError
-from wanmoe.loading.detect import MODEL_A14B, Detection, detect_file, is_tokenizer_dir, read_json
-
-WHAT = {"dit": "a Wan DiT", "vae": "a Wan VAE", "text_encoder": "a umT5 text encoder", "tokenizer": "a tokenizer"}
+from wanmoe.loading.containers import is_tokenizer_dir, read_json
+from wanmoe.loading.detect import MODEL_A14B, WHAT, Detection, detect_file
 A14B_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 COMPONENTS = ("text_encoder", "vae", "tokenizer")
 
@@ -207,8 +207,6 @@ def _check_experts(experts: dict[str, Path], dets: dict[str, Detection]) -> None
 
 def _preset(meta: dict | None, experts: dict[str, Path], dets: dict[str, Detection]) -> ModelPreset:
     if meta is not None:
-        from wanmoe.configs import preset_from_dict
-
         return preset_from_dict(meta["preset"])
     role = next(iter(experts))
     dit = _dit_from_config(dets[role], experts[role])

@@ -1,22 +1,25 @@
 """Checkpoint format detection from tensor names, shapes, dtypes and metadata (never file names).
 
-`detect_tensors(entries, metadata)` is the pure rule set over `{name: (shape, dtype)}`, so tests
-can run it on full-size manifests without allocating; `detect(path)` adds containers and the
-directory layouts (official A14B / TI2V-5B, diffusers, wanmoe-native). Only the expert role of a
-DiT file is read from its path (`expert_roles`): both experts have identical layouts.
+The rules are pure functions: `detect_tensors(entries, metadata, config=)` over
+`{name: (shape, dtype)}` and the config.json dict (tests run it on full-size manifests without
+allocating), `t5_config_from_shapes`, `split_aux`, `classify`. `detect_source(src)` and
+`detect_file(path)` are the two thin adapters that feed them a checkpoint's headers; folders of
+whole models are resolved by `checkpoint.py` and described by `inspect.py` on top of these.
+Only the expert role of a DiT file is read from its path (`expert_roles`): both experts have
+identical layouts.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from wanmoe.configs import TI2V_5B_DIT, A14B_DIT, UMT5_XXL, DiTConfig, T5Config
 from wanmoe.errors import CheckpointError
-from wanmoe.loading.keymaps_dit import common_prefix  # ComfyUI-style save prefixes, any component
+from wanmoe.loading.containers import container_of, open_tensors, read_json
+from wanmoe.loading.renames import common_prefix  # ComfyUI-style save prefixes, any component
 
 MODEL_A14B = "Wan2.2 A14B expert"
 MODEL_5B = "Wan2.2 TI2V-5B DiT"
@@ -28,7 +31,7 @@ MODEL_T5_CUSTOM = "umT5 encoder (custom dims)"
 
 FP8_SCALED_AUX = (".scale_weight", ".scale_input")  # ComfyUI legacy fp8_scaled
 COMFY_QUANT_AUX = (".comfy_quant", ".weight_scale", ".weight_scale_2", ".input_scale")
-TOKENIZER_FILES = ("tokenizer.json", "spiece.model")  # what marks a tokenizer folder
+WHAT = {"dit": "a Wan DiT", "vae": "a Wan VAE", "text_encoder": "a umT5 text encoder", "tokenizer": "a tokenizer"}
 NOTE_ROLE_UNKNOWN = "expert role (high/low noise) cannot be told from the weights"
 NOTE_HEADS_UNKNOWN = "num_heads unknown"
 HEAD_DIM = 128  # every published Wan DiT; heads cannot be read from shapes (qk-norm is full width)
@@ -266,26 +269,26 @@ def detect_tensors(entries: Mapping[str, tuple], metadata: Mapping | None = None
     return det
 
 
-# ---- files and folders ----------------------------------------------------------------------
-
-def read_json(p: Path) -> dict:
-    """Parsed JSON file; CheckpointError naming the file when it is unreadable or not JSON."""
+def t5_config_from_shapes(shapes: Mapping[str, tuple], text_len: int = 512) -> T5Config:
+    """umT5 encoder config from tensor names and shapes (official or HF `UMT5EncoderModel` names)."""
+    names = set(shapes)
+    comp, naming = classify(names)
+    if comp != "text_encoder":
+        raise CheckpointError(
+            "not a umT5 encoder state dict: expected official names such as token_embedding.weight, "
+            "blocks.N.attn.q.weight, blocks.N.pos_embedding.embedding.weight (or their HF names); "
+            f"sample names: {', '.join(sorted(names)[:4])}")
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{p} is not readable JSON ({e})") from None
+        d = _t5_dims(lambda n: tuple(shapes[n]), names, naming)
+    except KeyError as e:
+        raise CheckpointError(f"umT5 encoder state dict lacks the tensor {e.args[0]!r} needed to read its "
+                              "dimensions") from None
+    return T5Config(vocab_size=d["vocab_size"], dim=d["dim"], dim_attn=d["dim_attn"], dim_ffn=d["dim_ffn"],
+                    num_heads=d["num_heads"], num_layers=d["num_layers"], num_buckets=d["num_buckets"],
+                    text_len=text_len)
 
 
-def container_of(src) -> str:
-    """Container label of an opened TensorSource: gguf | sharded | pickle | safetensors."""
-    from wanmoe.loading.sources import PickleSource, ShardedSafetensors
-
-    if src.path.suffix.lower() == ".gguf":
-        return "gguf"
-    if isinstance(src, ShardedSafetensors):
-        return "sharded"
-    return "pickle" if isinstance(src, PickleSource) else "safetensors"
-
+# ---- adapters: headers of an opened source or a file ------------------------------------------
 
 def detect_source(src, config: Mapping | None = None) -> Detection:
     """Detection of an already opened TensorSource (headers only), `path` set to the source's."""
@@ -297,8 +300,6 @@ def detect_source(src, config: Mapping | None = None) -> Detection:
 
 def detect_file(path: str | Path) -> Detection:
     """Detect one weights file, shard index, or folder holding one weight set."""
-    from wanmoe.loading.sources import open_tensors
-
     p = Path(path)
     with open_tensors(p) as src:
         # config.json describes a folder's weights: read it for a folder or a shard set only
@@ -307,62 +308,6 @@ def detect_file(path: str | Path) -> Detection:
         det = detect_source(src, read_json(cfg_path) if own_folder and cfg_path.is_file() else None)
     det.path = p
     return det
-
-
-def is_tokenizer_dir(p: Path) -> bool:
-    """A folder holding a tokenizer file (`TOKENIZER_FILES`)."""
-    return p.is_dir() and any((p / f).is_file() for f in TOKENIZER_FILES)
-
-
-def detect(path: str | Path) -> Detection:
-    """Detect a checkpoint file or folder (headers only; no tensor data is read)."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint path {p} does not exist")
-    if p.is_file():
-        if p.name == "tokenizer.json":
-            return Detection("tokenizer-json", "tokenizer", "tokenizer", path=p)
-        if p.name == "wanmoe.json":
-            p = p.parent
-        else:
-            return detect_file(p)
-    if (p / "wanmoe.json").is_file():
-        return _pipeline_detection(p, "wanmoe-dir")
-    if (p / "model_index.json").is_file():
-        return _pipeline_detection(p, "diffusers-dir")
-    if (p / "high_noise_model").is_dir() and (p / "low_noise_model").is_dir():
-        return _pipeline_detection(p, "official-dir-a14b")
-    if (p / "config.json").is_file() and any(p.glob("models_t5_*.pth")):
-        return _pipeline_detection(p, "official-dir-ti2v5b")
-    if is_tokenizer_dir(p) and not any(p.glob("*.safetensors")):
-        return Detection("tokenizer-dir", "tokenizer", "tokenizer", path=p)
-    return detect_file(p)
-
-
-def _pipeline_detection(p: Path, fmt: str) -> Detection:
-    """A whole-model folder: resolve its parts and summarise them."""
-    from wanmoe.loading.checkpoint import resolve_checkpoint
-
-    spec = resolve_checkpoint(p)
-    parts = dict(spec.detections)
-    for name in spec.experts:  # the folder layout says what the weights alone cannot
-        d = parts.get(name)
-        if d is None or d.component != "dit":
-            continue
-        d.notes[:] = [n for n in d.notes if not n.startswith((NOTE_ROLE_UNKNOWN, NOTE_HEADS_UNKNOWN))]
-        d.notes.append(f"expert role: {name} (named by the {fmt} layout)")
-        if d.dims is not None and d.dims.get("num_heads") is None:
-            d.dims["num_heads"] = spec.preset.dit.num_heads
-    hist: dict[str, dict[str, int]] = {}
-    for d in parts.values():
-        for k, v in d.dtypes.items():
-            h = hist.setdefault(k, {"count": 0, "bytes": 0})
-            h["count"] += v["count"]
-            h["bytes"] += v["bytes"]
-    dims = asdict(spec.preset.dit)
-    return Detection(format=fmt, component="pipeline", model=f"Wan2.2 {spec.preset.name}", dims=dims,
-                     dtypes=hist, total_bytes=sum(d.total_bytes for d in parts.values()),
-                     notes=[f"experts: {', '.join(spec.experts)}"], path=p, parts=parts)
 
 
 # ---- expert roles ---------------------------------------------------------------------------

@@ -1,4 +1,9 @@
-"""`wanmoe inspect PATH [PATH2] [--estimate] [--json]`: what a checkpoint is, from headers only."""
+"""`wanmoe inspect PATH [PATH2] [--estimate] [--json]`: what a checkpoint is, from headers only.
+
+`detect(path)` describes any file or folder: weight files through the detection rules
+(`detect.detect_file`), whole-model folders (official A14B / TI2V-5B, diffusers, wanmoe-native)
+through `checkpoint.resolve_checkpoint`, which checks and names every part.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,59 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from wanmoe.loading.detect import Detection, detect, expert_roles
+from wanmoe.errors import CheckpointError
+from wanmoe.loading.checkpoint import resolve_checkpoint
+from wanmoe.loading.containers import is_tokenizer_dir
+from wanmoe.loading.detect import NOTE_HEADS_UNKNOWN, NOTE_ROLE_UNKNOWN, Detection, detect_file, expert_roles
+
+
+def detect(path: str | Path) -> Detection:
+    """Detect a checkpoint file or folder (headers only; no tensor data is read)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint path {p} does not exist")
+    if p.is_file():
+        if p.name == "tokenizer.json":
+            return Detection("tokenizer-json", "tokenizer", "tokenizer", path=p)
+        if p.name == "wanmoe.json":
+            p = p.parent
+        else:
+            return detect_file(p)
+    if (p / "wanmoe.json").is_file():
+        return _pipeline_detection(p, "wanmoe-dir")
+    if (p / "model_index.json").is_file():
+        return _pipeline_detection(p, "diffusers-dir")
+    if (p / "high_noise_model").is_dir() and (p / "low_noise_model").is_dir():
+        return _pipeline_detection(p, "official-dir-a14b")
+    if (p / "config.json").is_file() and any(p.glob("models_t5_*.pth")):
+        return _pipeline_detection(p, "official-dir-ti2v5b")
+    if is_tokenizer_dir(p) and not any(p.glob("*.safetensors")):
+        return Detection("tokenizer-dir", "tokenizer", "tokenizer", path=p)
+    return detect_file(p)
+
+
+def _pipeline_detection(p: Path, fmt: str) -> Detection:
+    """A whole-model folder: resolve its parts and summarise them."""
+    spec = resolve_checkpoint(p)
+    parts = dict(spec.detections)
+    for name in spec.experts:  # the folder layout says what the weights alone cannot
+        d = parts.get(name)
+        if d is None or d.component != "dit":
+            continue
+        d.notes[:] = [n for n in d.notes if not n.startswith((NOTE_ROLE_UNKNOWN, NOTE_HEADS_UNKNOWN))]
+        d.notes.append(f"expert role: {name} (named by the {fmt} layout)")
+        if d.dims is not None and d.dims.get("num_heads") is None:
+            d.dims["num_heads"] = spec.preset.dit.num_heads
+    hist: dict[str, dict[str, int]] = {}
+    for d in parts.values():
+        for k, v in d.dtypes.items():
+            h = hist.setdefault(k, {"count": 0, "bytes": 0})
+            h["count"] += v["count"]
+            h["bytes"] += v["bytes"]
+    dims = asdict(spec.preset.dit)
+    return Detection(format=fmt, component="pipeline", model=f"Wan2.2 {spec.preset.name}", dims=dims,
+                     dtypes=hist, total_bytes=sum(d.total_bytes for d in parts.values()),
+                     notes=[f"experts: {', '.join(spec.experts)}"], path=p, parts=parts)
 
 
 def _gb(n: int) -> str:

@@ -1,4 +1,5 @@
-"""Template rename rules shared by the declarative key maps (`keymaps_t5.py`; `keymaps_dit.py` could use it).
+"""Template rename rules shared by the declarative key maps (`keymaps/t5.py`; `keymaps/dit.py` could use it),
+and the wrapper prefixes single-file saves put in front of the names (any component).
 
 A template is a whole tensor name with `{field}` holes, e.g. `blocks.{i}.attn.q.weight`. A rule pairs
 a compiled source template with a target template; applying it fills the target's holes with what
@@ -36,3 +37,24 @@ def apply_rules(name: str, rules: tuple[Rule, ...]) -> str | None:
         if m:
             return target.format(**m.groupdict())
     return None
+
+
+# Prefixes some single-file saves put in front of the official names (longest first).
+SAVE_PREFIXES: tuple[str, ...] = ("model.diffusion_model.", "diffusion_model.", "model.")
+
+
+def strip_prefix(name: str, prefixes: tuple[str, ...] = SAVE_PREFIXES) -> str:
+    """Remove one known wrapper prefix (`model.diffusion_model.` etc.); other names unchanged."""
+    for pre in prefixes:
+        if name.startswith(pre):
+            return name[len(pre):]
+    return name
+
+
+def common_prefix(names) -> str:
+    """The known prefix every name carries ("" if none): detect wrapped single-file saves."""
+    names = list(names)
+    for pre in SAVE_PREFIXES:
+        if names and all(n.startswith(pre) for n in names):
+            return pre
+    return ""

@@ -1,8 +1,8 @@
 """Tensor sources: one read-only view over a checkpoint's tensors, whatever the container.
 
-`open_tensors(path)` accepts a `.safetensors` file, a sharded set (`*.safetensors.index.json`
-or a folder holding one, or a folder with a single `.safetensors`), a `.pth`/`.pt` pickle and a
-`.gguf` file. Opening reads headers only; tensor data is read one tensor at a time by `get`.
+`TensorSource` is the interface; this module holds the safetensors (single and sharded) and
+pickle readers, `gguf.py` the GGUF one. `containers.open_tensors(path)` picks the reader for a
+path. Opening reads headers only; tensor data is read one tensor at a time by `get`.
 
 Safetensors headers are parsed and validated here (truncation is caught on open); data is read
 with plain file reads instead of through a memory map (`safe_open`): touched pages of a mapped
@@ -331,47 +331,3 @@ def _torch_load(path: Path):
         raise CheckpointError(f"{path} is truncated or not a torch checkpoint: {e}") from None
     except (EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"{path} is truncated or not a weights-only torch checkpoint: {e!r}") from None
-
-
-def find_index(folder: Path) -> Path | None:
-    """The `*.safetensors.index.json` in a folder (None if there is none; error if several)."""
-    found = sorted(folder.glob("*.safetensors.index.json"))
-    if len(found) > 1:
-        raise CheckpointError(f"{folder} holds several safetensors indexes ({[f.name for f in found]}); "
-                              "point at one of them")
-    return found[0] if found else None
-
-
-def open_tensors(path: str | Path) -> TensorSource:
-    """Open a checkpoint file, shard index or folder of one; headers only, no tensor data."""
-    p = Path(path)
-    if p.is_dir():
-        idx = find_index(p)
-        if idx is not None:
-            return ShardedSafetensors(idx)
-        files = sorted(p.glob("*.safetensors"))
-        if len(files) == 1:
-            return SafetensorsFile(files[0])
-        raise CheckpointError(f"{p} holds no safetensors index and {len(files)} .safetensors files; "
-                              "expected an index.json or exactly one weights file")
-    if not p.exists():
-        raise CheckpointError(f"checkpoint file {p} does not exist")
-    name = p.name.lower()
-    if name.endswith(".index.json"):
-        return ShardedSafetensors(p)
-    if name.endswith(".safetensors"):
-        return SafetensorsFile(p)
-    if name.endswith((".pth", ".pt", ".bin", ".ckpt")):
-        return PickleSource(p)
-    if name.endswith(".gguf"):
-        return _open_gguf(p)
-    raise CheckpointError(f"{p}: unknown checkpoint type; expected .safetensors, "
-                          ".safetensors.index.json, .pth/.pt/.bin/.ckpt or .gguf")
-
-
-def _open_gguf(p: Path) -> TensorSource:
-    try:
-        from wanmoe.loading.gguf import open_gguf
-    except ImportError as e:
-        raise CheckpointError(f"{p}: GGUF support is unavailable ({e}); install `gguf`") from None
-    return open_gguf(p)

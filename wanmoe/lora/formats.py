@@ -28,7 +28,7 @@ from typing import Iterable, Mapping
 import torch
 
 from wanmoe.errors import CheckpointError
-from wanmoe.loading.keymaps_dit import official_to_diffusers  # the one import of the key map
+from wanmoe.loading.keymaps.dit import official_to_diffusers  # the one import of the key map
 from wanmoe.lora.patch import LoRAPatch
 
 # (key suffix, role); a suffix that ends another one comes first

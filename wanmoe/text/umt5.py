@@ -16,15 +16,12 @@ bf16 numbers are exact in fp32), only the summation order differs. CPUs without 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from wanmoe.configs import T5Config
-from wanmoe.errors import CheckpointError
 
 
 def relative_position_bucket(lq: int, lk: int, num_buckets: int = 32, max_distance: int = 128,
@@ -194,28 +191,3 @@ class UMT5Encoder(nn.Module):
             for block in self.blocks:
                 x = block(x, buckets, masked)
             return self.norm(x)
-
-
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
-
-
-def t5_config_from_shapes(shapes: Mapping[str, tuple], text_len: int = 512) -> T5Config:
-    """Infer the encoder config from official tensor names and shapes (HF names are mapped first)."""
-    if "shared.weight" in shapes or any(k.startswith("encoder.") for k in shapes):
-        from wanmoe.loading.keymaps_t5 import hf_state_to_official_names
-
-        shapes = hf_state_to_official_names(shapes)
-    need = ("token_embedding.weight", "blocks.0.attn.q.weight", "blocks.0.ffn.fc1.weight",
-            "blocks.0.pos_embedding.embedding.weight")
-    missing = [k for k in need if k not in shapes]
-    if missing:
-        raise CheckpointError(
-            f"not a umT5 encoder state dict: missing {missing} (expected official names such as "
-            f"token_embedding.weight, blocks.N.attn.q.weight, blocks.N.pos_embedding.embedding.weight)")
-    vocab, dim = tuple(shapes["token_embedding.weight"])
-    dim_attn = tuple(shapes["blocks.0.attn.q.weight"])[0]
-    dim_ffn = tuple(shapes["blocks.0.ffn.fc1.weight"])[0]
-    num_buckets, heads = tuple(shapes["blocks.0.pos_embedding.embedding.weight"])
-    layers = 1 + max(int(m.group(1)) for k in shapes if (m := _BLOCK.match(k)))
-    return T5Config(vocab_size=vocab, dim=dim, dim_attn=dim_attn, dim_ffn=dim_ffn,
-                    num_heads=heads, num_layers=layers, num_buckets=num_buckets, text_len=text_len)

@@ -16,7 +16,6 @@ from torch import nn
 
 from wanmoe.errors import CheckpointError, InputError
 from wanmoe.models.dit import WanDiT
-from wanmoe.loading.sources import TensorSource
 from wanmoe.runtime.quant.gguf_dequant import GGUFWeight
 from wanmoe.runtime.quant.linear import DequantWorkspace, FP8Linear, GGUFLinear, Int8Linear, _QuantLinear
 from wanmoe.runtime.quant.quantize import quantize_fp8, quantize_int8
@@ -194,67 +193,3 @@ def quantized_bytes(model: nn.Module) -> int:
     """Bytes held by the model's parameters and buffers (quantised weights at their real size)."""
     tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
     return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
-class KeepScaledFP8Source(TensorSource):
-    """TensorSource view of a scaled-fp8 file for `--weights keep`: fp8 weights stay fp8.
-
-    Each fp8 `X.weight` with a scale (`X.weight_scale`: ours, per channel `[out, 1]`, or a
-    per-tensor scalar; ComfyUI's legacy `X.scale_weight`) is handed out as an `FP8Weight`
-    (dtype reported as the string "FP8", so `stream_load` routes it to `install_quantized`).
-    Scale and marker tensors are hidden; everything else passes through unchanged.
-    """
-
-    def __init__(self, inner) -> None:
-        from wanmoe.loading.detect import split_aux
-
-        self.inner, self.paths, self.metadata = inner, inner.paths, inner.metadata
-        core, aux, _ = split_aux(inner.keys())
-        ours = inner.metadata.get("wanmoe.quant") == "fp8_e4m3fn/per-channel"
-        allowed = (".scale_weight", ".scale_input", "scaled_fp8") + ((".weight_scale",) if ours else ())
-        other = [n for n in aux if not n.endswith(allowed)]
-        if other or "_quantization_metadata" in inner.metadata:
-            what = (other or ["_quantization_metadata"])[0]
-            raise CheckpointError(f"{inner.path}: quantisation layout with {what!r} cannot be kept "
-                                  "quantised; load it dequantised (--weights bf16)")
-        have = set(inner.keys())
-        self._scale = {}
-        for n in aux:
-            for suffix in (".weight_scale", ".scale_weight"):
-                w = n[: -len(suffix)] + ".weight" if n.endswith(suffix) else None
-                if w in have:
-                    self._scale[w] = n
-        for n in core:
-            dt = inner.dtype(n)
-            if dt in (torch.float8_e4m3fn, torch.float8_e5m2) and (dt != torch.float8_e4m3fn or n not in self._scale):
-                raise CheckpointError(f"{inner.path}: fp8 tensor {n!r} ({dt}, scale "
-                                      f"{self._scale.get(n)!r}) cannot be kept as e4m3fn with a scale; "
-                                      "load it dequantised (--weights bf16)")
-        self._core = core
-
-    def keys(self) -> list[str]:
-        return list(self._core)
-
-    def shape(self, name):
-        return self.inner.shape(name)
-
-    def dtype(self, name):
-        return "FP8" if name in self._scale else self.inner.dtype(name)
-
-    def get(self, name, dtype=None):
-        scale_name = self._scale.get(name)
-        if scale_name is None:
-            return self.inner.get(name, dtype)
-        w = self.inner.get(name)
-        scale = self.inner.get(scale_name).float().reshape(-1, 1).expand(w.shape[0], 1).contiguous()
-        fp8 = FP8Weight(w, scale)
-        return fp8 if dtype is None else fp8.dequantize(dtype)
-
-    def nbytes(self, name):
-        return self.inner.nbytes(name)
-
-    def file_of(self, name):
-        return self.inner.file_of(name)
-
-    def close(self) -> None:
-        self.inner.close()

@@ -77,10 +77,10 @@ def _check(args) -> None:
 
 def run(args) -> int:
     """Run the selected stage(s)."""
-    from wanmoe.training import demo_run as D
-    from wanmoe.training.common import set_threads
-    from wanmoe.training.dit_trainer import DiTTrainConfig
-    from wanmoe.training.vae_trainer import VAETrainConfig
+    from wanmoe.demo.training import demo_run as D
+    from wanmoe.demo.training.common import set_threads
+    from wanmoe.demo.training.dit_trainer import DiTTrainConfig
+    from wanmoe.demo.training.vae_trainer import VAETrainConfig
 
     _check(args)
     set_threads(args.threads)

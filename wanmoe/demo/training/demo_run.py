@@ -19,9 +19,9 @@ import torch
 
 from wanmoe.demo.clips import held_out_scenes, training_scenes
 from wanmoe.demo.preset import demo_preset, demo_vae_config
-from wanmoe.training.common import load_state, save_state
-from wanmoe.training.dit_trainer import DiTRun, DiTTrainConfig, build_latents, validation_loss
-from wanmoe.training.vae_trainer import VAETrainConfig, finetune_decoder, latent_stats, train_vae
+from wanmoe.demo.training.common import load_state, save_state
+from wanmoe.demo.training.dit_trainer import DiTRun, DiTTrainConfig, build_latents, validation_loss
+from wanmoe.demo.training.vae_trainer import VAETrainConfig, finetune_decoder, latent_stats, train_vae
 
 N_VAL = 48  # held-out clips for the validation loss
 
@@ -105,7 +105,7 @@ def load_vae(work: Path, name: str = "vae_final.pt"):
 
 
 def stage_tokenizer(work: Path, vocab_size: int) -> Path:
-    from wanmoe.training.text import train_caption_tokenizer
+    from wanmoe.demo.training.text import train_caption_tokenizer
 
     path = work / "tokenizer.json"
     if not path.exists():
@@ -168,7 +168,7 @@ def val_table(work: Path, run: DiTRun) -> dict[float, float]:
 
 def stage_export(work: Path, run: DiTRun, dest: Path) -> Path:
     """Write the EMA weights of a run plus the VAE and tokenizer as a wanmoe-native folder."""
-    from wanmoe.training.export import write_folder
+    from wanmoe.demo.training.export import write_folder
 
     st = _vae_state(work, "vae_final.pt")
     preset = dataclasses.replace(run.preset, vae=demo_vae_config(tuple(st["mean"]), tuple(st["std"])))

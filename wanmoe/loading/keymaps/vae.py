@@ -107,7 +107,7 @@ def _lookup(name: str, version: str, num_res_blocks: int, stages: int, to_diffus
                 else f"a diffusers AutoencoderKLWan key of the Wan{version} VAE")
         raise CheckpointError(f"VAE tensor {name!r} is not {what} "
                               f"({num_res_blocks} residual blocks per stage, {stages} stages); "
-                              f"see wanmoe/loading/keymaps_vae.py for the accepted names")
+                              f"see wanmoe/loading/keymaps/vae.py for the accepted names")
     return table[name]
 
 

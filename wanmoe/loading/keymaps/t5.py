@@ -42,7 +42,7 @@ def _rename(name: str, rules, layout: str, example: str) -> str:
     if renamed is None:
         raise CheckpointError(
             f"tensor {name!r} is not a known {layout} umT5 encoder name (expected names such as "
-            f"{example!r}, {{i}} a block index; full list in wanmoe/loading/keymaps_t5.py); "
+            f"{example!r}, {{i}} a block index; full list in wanmoe/loading/keymaps/t5.py); "
             f"is this a umT5 encoder checkpoint?")
     return renamed
 

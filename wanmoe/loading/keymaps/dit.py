@@ -2,7 +2,7 @@
 
 The table is declarative: one (official, diffusers) template pair per tensor family, `{i}` a block
 index, `{p}` weight|bias. Each template matches a whole name, so the map is a bijection by
-construction (checked at full size against the shared manifest in the tests). ComfyUI and GGUF
+construction (checked at full size against tests/data/manifests). ComfyUI and GGUF
 files use the official names, sometimes behind a `model.diffusion_model.` prefix.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 
 from wanmoe.errors import CheckpointError
+from wanmoe.loading.renames import SAVE_PREFIXES as DIT_PREFIXES  # noqa: F401 (re-exported)
+from wanmoe.loading.renames import common_prefix, strip_prefix  # noqa: F401 (re-exported)
 
 # (official template, diffusers template)
 DIT_RENAMES: tuple[tuple[str, str], ...] = (
@@ -40,8 +42,6 @@ DIT_RENAMES: tuple[tuple[str, str], ...] = (
     ("blocks.{i}.ffn.2.{p}", "blocks.{i}.ffn.net.2.{p}"),
 )
 
-# Prefixes some single-file saves put in front of the official names (longest first).
-DIT_PREFIXES: tuple[str, ...] = ("model.diffusion_model.", "diffusion_model.", "model.")
 
 LAYOUTS = ("official", "diffusers")
 
@@ -63,7 +63,7 @@ def _rename(name: str, rules, source: str) -> str:
         if m:
             return target.format(**m.groupdict())
     raise CheckpointError(f"DiT tensor {name!r} is not a known {source} DiT key; "
-                          f"see wanmoe/loading/keymaps_dit.py for the accepted names")
+                          f"see wanmoe/loading/keymaps/dit.py for the accepted names")
 
 
 def official_to_diffusers(name: str) -> str:
@@ -74,23 +74,6 @@ def official_to_diffusers(name: str) -> str:
 def diffusers_to_official(name: str) -> str:
     """diffusers WanTransformer3DModel name -> official Wan DiT name."""
     return _rename(name, _DIFFUSERS_RULES, "diffusers")
-
-
-def strip_prefix(name: str, prefixes: tuple[str, ...] = DIT_PREFIXES) -> str:
-    """Remove one known wrapper prefix (`model.diffusion_model.` etc.); other names unchanged."""
-    for pre in prefixes:
-        if name.startswith(pre):
-            return name[len(pre):]
-    return name
-
-
-def common_prefix(names) -> str:
-    """The known prefix every name carries ("" if none): detect wrapped single-file saves."""
-    names = list(names)
-    for pre in DIT_PREFIXES:
-        if names and all(n.startswith(pre) for n in names):
-            return pre
-    return ""
 
 
 def to_official(name: str, layout: str = "official") -> str:

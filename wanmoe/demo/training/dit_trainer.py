@@ -17,9 +17,9 @@ import torch
 
 from wanmoe.configs import OFFICIAL_NEGATIVE_PROMPT, ModelPreset
 from wanmoe.demo.clips import Scene, caption, render, to_tensor, training_scenes
-from wanmoe.training.common import EMA, LossLog, load_state, lr_at, progress, save_state
-from wanmoe.training.flow import flow_loss, sample_sigmas, sigma_range
-from wanmoe.training.text import build_text_model, encode_batch
+from wanmoe.demo.training.common import EMA, LossLog, load_state, lr_at, progress, save_state
+from wanmoe.demo.training.flow import flow_loss, sample_sigmas, sigma_range
+from wanmoe.demo.training.text import build_text_model, encode_batch
 
 VAL_SIGMAS = (0.05, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
 

@@ -17,7 +17,7 @@ import torch
 
 from wanmoe.configs import VAEConfig
 from wanmoe.demo.clips import render, sample_scene, to_tensor
-from wanmoe.training.common import EMA, LossLog, load_state, lr_at, progress, save_state
+from wanmoe.demo.training.common import EMA, LossLog, load_state, lr_at, progress, save_state
 
 
 @dataclass(frozen=True)

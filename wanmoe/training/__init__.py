@@ -1,1 +1,0 @@
-"""Training of the built-in demo model (VAE, text encoder, DiT experts)."""
