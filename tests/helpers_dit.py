@@ -1,4 +1,5 @@
-"""Shared pieces of the DiT tests: the tiny config, seeded weights, the error metric, twins.
+"""Shared pieces of the DiT tests: the tiny config, seeded weights, twins
+(the error metric is `tolerance.rel_err`).
 
 A plain module (not a conftest): test files import it by name, as `tests/` is on sys.path.
 """
@@ -34,12 +35,6 @@ def randomize_(model, seed: int = 0):
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
     return model
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max|b|, computed in fp32 (inputs may be bf16)."""
-    a, b = a.float(), b.float()
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def diffusers_kwargs(cfg: DiTConfig) -> dict:
