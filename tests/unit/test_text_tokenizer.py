@@ -52,17 +52,6 @@ def test_trained_tokenizer_has_umt5_conventions(trained):
     assert trained.encode("a red fox", add_special_tokens=False).tokens == ["▁a", "▁red", "▁fox"]
 
 
-def test_training_is_deterministic(trained):
-    # The Unigram trainer pads dropped required characters in at min_score + k * 1e-4 in Rust
-    # hash-set order and orders equal scores at random; without the canonical vocabulary each
-    # call gave other token ids (the tiny checkpoints' Chinese negative prompt changed per session).
-    from wanmoe.testing.tiny import CORPUS as TINY_CORPUS
-
-    assert train_unigram_tokenizer(CORPUS, vocab_size=120).to_str() == trained.to_str()
-    runs = {train_unigram_tokenizer(list(TINY_CORPUS), 256).to_str() for _ in range(3)}
-    assert len(runs) == 1
-
-
 @pytest.mark.parametrize("as_file", [False, True])
 def test_matches_transformers_padding_truncation(umt5_folder, as_file):
     transformers = pytest.importorskip("transformers")
