@@ -1,4 +1,5 @@
-"""Shared pieces of the DiT tests: the tiny config, seeded weights, the error metric, twins.
+"""Shared pieces of the DiT tests: the tiny config, seeded weights, twins
+(the error metric is `tolerance.rel_err`).
 
 A plain module (not a conftest): test files import it by name, as `tests/` is on sys.path.
 """
@@ -38,9 +39,10 @@ def randomize_(model, seed: int = 0):
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max|b|, computed in fp32 (inputs may be bf16)."""
-    a, b = a.float(), b.float()
-    return ((a - b).abs().max() / b.abs().max()).item()
+    """max|a - b| / max|b| (the one helper: tests/tolerance.rel_err)."""
+    from tolerance import rel_err
+
+    return rel_err(a, b)
 
 
 def load_benchmark(name: str) -> ModuleType:

@@ -1,4 +1,5 @@
-"""Shared pieces of the VAE tests: the one-thread fixture, tiny configs, seeded tiny VAEs, the error metric.
+"""Shared pieces of the VAE tests: the one-thread fixture, tiny configs, seeded tiny VAEs
+(the error metric is `tolerance.rel_err`).
 
 A plain module (not a conftest): test files import it by name, as `tests/` is on sys.path. Importing
 `one_thread` into a test module turns it on there (it is autouse).
@@ -42,8 +43,3 @@ def seeded_vae(cfg: VAEConfig, gammas: bool = True):
                 if name.endswith("gamma"):
                     p.add_(0.2 * torch.randn_like(p))
     return vae
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max|b|."""
-    return ((a - b).abs().max() / b.abs().max()).item()

@@ -1,7 +1,7 @@
 """`wanmoe generate --per-token-time` switches every expert to the official per-token layout."""
 
-import torch
 from safetensors.torch import load_file
+from tolerance import assert_close_rel
 
 from wanmoe.cli import main
 from wanmoe.models.dit import WanDiT
@@ -31,5 +31,6 @@ def test_per_token_time_flag_reaches_the_experts_and_matches_in_fp32(tmp_path, m
     a = _run(tmp_path, "a", [], monkeypatch, off)
     b = _run(tmp_path, "b", ["--per-token-time"], monkeypatch, on)
     assert off and not any(off) and on and all(on)
-    # same formula: in fp32 the two layouts agree to float rounding
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # same formula: in fp32 the two layouts agree to float rounding (B vs B*L GEMM rows);
+    # measured max|diff| / max|ref| over --seed 0..3: 1.1e-6 .. 1.7e-6 (max|ref| ~7.5)
+    assert_close_rel(b, a, rtol=5e-6)

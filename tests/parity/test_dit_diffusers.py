@@ -14,7 +14,8 @@ does inside); the padded text rows are attended by both, as upstream.
 
 import pytest
 import torch
-from helpers_dit import diffusers_kwargs, load_benchmark, randomize_, rel
+from helpers_dit import diffusers_kwargs, load_benchmark, randomize_
+from tolerance import rel_err
 
 from wanmoe.configs import DiTConfig
 from wanmoe.loading.keymaps.dit import official_to_diffusers
@@ -59,8 +60,8 @@ def test_parity_grids_and_timesteps(t2v, grid, t):
     a = ours(x, tt, ctx)
     b = ref(x, tt, padded(ctx, T2V.text_len)).sample
     assert a.shape == b.shape == x.shape
-    print(f"grid {grid} t {t}: rel diff {rel(a, b):.2e}")
-    assert rel(a, b) < RTOL
+    print(f"grid {grid} t {t}: rel diff {rel_err(a, b):.2e}")
+    assert rel_err(a, b) < RTOL
 
 
 class _Float64Sinusoid(torch.nn.Module):
@@ -82,7 +83,7 @@ def test_sinusoid_precision_explains_high_t_difference():
     ours, ref = pair(T2V, seed=1)
     ref.condition_embedder.timesteps_proj = _Float64Sinusoid(T2V.freq_dim)
     x, ctx, t = torch.randn(1, 16, 3, 8, 6), [torch.randn(9, 32)], torch.tensor([999])
-    diff = rel(ours(x, t, ctx), ref(x, t, padded(ctx, T2V.text_len)).sample)
+    diff = rel_err(ours(x, t, ctx), ref(x, t, padded(ctx, T2V.text_len)).sample)
     print(f"t 999 with float64 sinusoid in diffusers: rel diff {diff:.2e}")
     assert diff < 1e-6  # what is left: RoPE fp32 vs fp64 and summation order (~3e-7)
 
@@ -94,7 +95,7 @@ def test_parity_batch_with_per_sample_timesteps(t2v):
     x = torch.randn(2, 16, 2, 6, 4)
     ctx = [torch.randn(24, 32), torch.randn(1, 32)]
     t = torch.tensor([875, 37])
-    assert rel(ours(x, t, ctx), ref(x, t, padded(ctx, T2V.text_len)).sample) < RTOL
+    assert rel_err(ours(x, t, ctx), ref(x, t, padded(ctx, T2V.text_len)).sample) < RTOL
 
 
 @torch.no_grad()
@@ -106,7 +107,7 @@ def test_parity_ti2v_per_token_timesteps():
     t = torch.full((1, n), 731.0)
     t[0, :4] = 0.0  # first latent frame at t = 0, as the TI2V first-frame mask produces
     ctx = [torch.randn(7, 32)]
-    assert rel(ours(x, t, ctx), ref(x, t, padded(ctx, TI2V.text_len)).sample) < RTOL
+    assert rel_err(ours(x, t, ctx), ref(x, t, padded(ctx, TI2V.text_len)).sample) < RTOL
 
 
 def test_benchmark_gpu_path_smoke(capsys):

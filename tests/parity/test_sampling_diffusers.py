@@ -9,6 +9,7 @@ reference for the step algebra. The grids themselves are built here from the spe
 import numpy as np
 import pytest
 import torch
+from tolerance import rel_err
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -46,10 +47,6 @@ def run_diffusers(sched, timesteps: torch.Tensor, x: torch.Tensor) -> torch.Tens
 
 def noise(seed: int = 0) -> torch.Tensor:
     return torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed))
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.mark.parametrize("steps,shift", [(40, 12.0), (50, 5.0), (7, 3.0)])

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from helpers_text import captions, rel
+from helpers_text import captions
+from tolerance import rel_err
 
 transformers = pytest.importorskip("transformers")
 
@@ -68,7 +69,7 @@ def test_forward_matches_transformers_fp32_with_padding():
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
         out = ours(ids, mask)
-    err = rel(out, ref)
+    err = rel_err(out, ref)
     print(f"fp32 max|ours-hf|/max|hf| = {err:.2e}")
     # fp32, same op order up to matmul blocking and the position of the mask add: ~1e-7 expected
     assert err < 1e-5
@@ -94,7 +95,7 @@ def test_bf16_close_to_fp32_and_to_transformers_bf16():
         out16 = ours16(ids, mask)
         ref16 = hf16(input_ids=ids, attention_mask=mask).last_hidden_state
     assert out16.dtype == torch.bfloat16
-    vs32, vs_hf16 = rel(out16, ref32), rel(out16, ref16)
+    vs32, vs_hf16 = rel_err(out16, ref32), rel_err(out16, ref16)
     print(f"bf16 vs fp32: {vs32:.2e}; bf16 vs transformers bf16: {vs_hf16:.2e}")
     # bf16 keeps 8 mantissa bits (rel. step 2^-8 = 3.9e-3) and rounds after every op of 2 blocks
     assert vs32 < 5e-2
@@ -129,4 +130,4 @@ def test_text_encoder_matches_transformers_pipeline(tmp_path):
             ref = hf(**batch).last_hidden_state[0]
         n = int(batch["attention_mask"].sum())
         assert ctx.shape == (n, D)
-        assert rel(ctx, ref[:n]) < 1e-5  # fp32, see the forward test
+        assert rel_err(ctx, ref[:n]) < 1e-5  # fp32, see the forward test

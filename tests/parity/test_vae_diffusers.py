@@ -10,7 +10,8 @@ this machine); the default CPU fast kernels (oneDNN conv, sum-of-squares norm) d
 
 import pytest
 import torch
-from helpers_vae import one_thread, rel, seeded_vae, tiny_cfg  # noqa: F401  (one_thread: autouse fixture)
+from helpers_vae import one_thread, seeded_vae, tiny_cfg  # noqa: F401  (one_thread: autouse fixture)
+from tolerance import rel_err
 
 from wanmoe.loading.keymaps.vae import official_to_diffusers
 from wanmoe.vae.blocks import use_reference_kernels
@@ -53,8 +54,8 @@ def test_encode_decode_match_diffusers(version, size, frames):
         assert y_ref.abs().lt(1).float().mean() > 0.9  # the clamp does not hide the comparison
         use_reference_kernels(ours)
         z_exact, y_exact = ours.encode(x), ours.decode(z_rand)
-    diffs = {"encode": rel(z, mu_ref), "decode": rel(y, y_ref),
-             "encode ref-kernels": rel(z_exact, mu_ref), "decode ref-kernels": rel(y_exact, y_ref)}
+    diffs = {"encode": rel_err(z, mu_ref), "decode": rel_err(y, y_ref),
+             "encode ref-kernels": rel_err(z_exact, mu_ref), "decode ref-kernels": rel_err(y_exact, y_ref)}
     print(f"\nWan{version} {frames}x{size}x{size}: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     assert z.shape == (1, ours.cfg.z_dim, 1 + (frames - 1) // 4, size // ours.cfg.stride[1], size // ours.cfg.stride[1])
     assert y.shape == x.shape

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers_dit import rel
+from tolerance import rel_err
 
 from wanmoe.errors import InputError
 from wanmoe.runtime import attention as A
@@ -20,7 +20,7 @@ def test_sdpa_matches_reference_fp32(k_lens):
     ref = A.attention(q, k, v, kl, backend="reference")
     fast = A.attention(q, k, v, kl, backend="sdpa")
     assert fast.shape == q.shape and fast.dtype == torch.float32
-    assert rel(fast, ref) < 1e-5  # fp32: only summation order differs
+    assert rel_err(fast, ref) < 1e-5  # fp32: only summation order differs
 
 
 @pytest.mark.parametrize("k_lens", [None, [6, 11]])
@@ -30,7 +30,7 @@ def test_sdpa_matches_reference_bf16(k_lens):
     ref = A.attention(q, k, v, kl, backend="reference")
     fast = A.attention(q, k, v, kl, backend="sdpa")
     assert fast.dtype == ref.dtype == torch.bfloat16
-    assert rel(fast, ref) < 1e-2  # both round the fp32-accumulated result to bf16 (2^-8 = 3.9e-3)
+    assert rel_err(fast, ref) < 1e-2  # both round the fp32-accumulated result to bf16 (2^-8 = 3.9e-3)
 
 
 def test_reference_equals_unmasked_attention_on_the_kept_keys():
@@ -41,7 +41,7 @@ def test_reference_equals_unmasked_attention_on_the_kept_keys():
     for b, n in enumerate(kl.tolist()):
         s = torch.einsum("qnd,knd->nqk", q[b], k[b, :n]) / 16**0.5
         want = torch.einsum("nqk,knd->qnd", s.softmax(-1), v[b, :n])
-        assert rel(out[b], want) < 1e-6
+        assert rel_err(out[b], want) < 1e-6
 
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
@@ -84,6 +84,6 @@ def test_fast_backends_match_reference_cuda():
     q, k, v = (t.cuda() for t in qkv(b=2, lq=64, lk=80, n=4, hd=128, dtype=torch.bfloat16))
     kl = torch.tensor([50, 80], device="cuda")
     ref = A.attention(q, k, v, kl, backend="reference")
-    assert rel(A.attention(q, k, v, kl, backend="sdpa"), ref) < 1e-2
+    assert rel_err(A.attention(q, k, v, kl, backend="sdpa"), ref) < 1e-2
     if A.flash_available(q):
-        assert rel(A.attention(q, k, v, kl, backend="flash"), ref) < 1e-2
+        assert rel_err(A.attention(q, k, v, kl, backend="flash"), ref) < 1e-2

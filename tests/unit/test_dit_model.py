@@ -4,7 +4,8 @@ import json
 
 import pytest
 import torch
-from helpers_dit import TINY, load_benchmark, randomize_, rel
+from helpers_dit import TINY, load_benchmark, randomize_
+from tolerance import assert_close_rel, rel_err
 
 from wanmoe import configs
 from wanmoe.configs import DiTConfig
@@ -44,7 +45,7 @@ def test_batch_of_two_equals_two_singles(tiny):
     both = tiny(x, t, ctx)
     for i in range(2):
         one = tiny(x[i:i + 1], t[i:i + 1], ctx[i:i + 1])
-        assert rel(both[i:i + 1], one) < RTOL_FP32
+        assert rel_err(both[i:i + 1], one) < RTOL_FP32
 
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])  # explicit mask / key slicing
@@ -56,7 +57,7 @@ def test_sequence_padding_is_masked(tiny, backend):
         plain = tiny(x, t, ctx)
         padded = tiny(x, t, ctx, seq_len=31)
     assert padded.shape == plain.shape
-    assert rel(padded, plain) < RTOL_FP32
+    assert rel_err(padded, plain) < RTOL_FP32
 
 
 @torch.no_grad()
@@ -66,7 +67,7 @@ def test_padding_changes_nothing_with_mixed_timesteps(tiny):
     t = torch.randint(0, 1000, (1, 8))
     ctx = [torch.randn(4, 32)]
     t_pad = torch.cat([t, torch.full((1, 5), 17)], dim=1)
-    assert rel(tiny(x, t_pad, ctx, seq_len=13), tiny(x, t, ctx)) < RTOL_FP32
+    assert rel_err(tiny(x, t_pad, ctx, seq_len=13), tiny(x, t, ctx)) < RTOL_FP32
 
 
 @torch.no_grad()
@@ -90,7 +91,7 @@ def test_per_token_time_mode_matches_compact(tiny):
         exact = tiny.set_per_token_time(True)(x, t, ctx, seq_len=11)
     finally:
         tiny.set_per_token_time(False)
-    assert rel(exact, compact) < RTOL_FP32
+    assert rel_err(exact, compact) < RTOL_FP32
 
 
 @torch.no_grad()
@@ -101,7 +102,7 @@ def test_per_token_time_embedding_rows(tiny):
     assert e.shape == (1, 6, 96) and e0.shape == (1, 6, 6, 96)
     for j in range(6):
         ej, e0j = tiny.time_embed(t[:, j], 1, 6)
-        assert rel(e[0, j], ej[0, 0]) < RTOL_FP32 and rel(e0[0, j], e0j[0, 0]) < RTOL_FP32
+        assert rel_err(e[0, j], ej[0, 0]) < RTOL_FP32 and rel_err(e0[0, j], e0j[0, 0]) < RTOL_FP32
 
 
 @torch.no_grad()
@@ -120,7 +121,7 @@ def test_rope_padding_rows_pass_through():
     y = rope_apply(x, table)
     assert torch.equal(y[:, 12:], x[:, 12:])
     assert not torch.allclose(y[:, 1:12], x[:, 1:12])
-    assert torch.allclose(y[:, 0], x[:, 0])  # position (0,0,0) is the identity rotation
+    assert torch.equal(y[:, 0], x[:, 0])  # position (0,0,0) is the identity rotation (cos 1, sin 0)
 
 
 def test_rope_norm_preserving_and_split():
@@ -130,7 +131,7 @@ def test_rope_norm_preserving_and_split():
     x = torch.randn(1, 60, 1, 128, dtype=torch.float64)
     y = rope_apply(x, table).double()
     pair = lambda z: z.reshape(60, 64, 2).norm(dim=-1)  # noqa: E731
-    assert torch.allclose(pair(y), pair(x), rtol=1e-6)
+    assert_close_rel(pair(y), pair(x), rtol=3e-7)  # fp32 rotation: measured <= 4.7e-8 (seeds 0..49)
 
 
 @torch.no_grad()

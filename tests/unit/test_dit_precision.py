@@ -4,7 +4,8 @@ import re
 
 import pytest
 import torch
-from helpers_dit import TINY, randomize_, rel
+from helpers_dit import TINY, randomize_
+from tolerance import rel_err
 
 from wanmoe.models.dit import WanDiT
 from wanmoe.runtime.attention import using_attention
@@ -57,7 +58,7 @@ def test_bf16_close_to_fp32():
     x, t, ctx = inputs(1)
     ref = model.set_compute_dtype(torch.float32)(x, t, ctx)
     low = model.set_compute_dtype(torch.bfloat16)(x, t, ctx)
-    err = rel(low, ref)
+    err = rel_err(low, ref)
     print(f"bf16 vs fp32 max|a-b|/max|b| = {err:.2e}")
     # bf16 has 8 mantissa bits (2^-8 = 3.9e-3 relative per rounding); a few roundings through
     # 2 blocks stay within ~1e-2 of the output scale, while wiring bugs give O(1) differences.
@@ -109,7 +110,7 @@ def test_bf16_cuda_matches_cpu_semantics():
     cpu = model(x, t, ctx)
     gpu = model.cuda()(x.cuda(), t.cuda(), [c.cuda() for c in ctx]).cpu()
     # bf16 kernels differ in accumulation order across devices: ~1 bf16 ulp at a few places.
-    assert rel(gpu, cpu) < 1e-2
+    assert rel_err(gpu, cpu) < 1e-2
 
 
 # ---- independent reference: the official structure under CPU bf16 autocast -----------------
@@ -203,6 +204,6 @@ def test_bf16_matches_official_style_autocast_reference():
     assert torch.equal(exact, ref)
     # Per-sample time embedding (default): e differs by fp32 ulps (B vs B*L GEMM rows), which can
     # flip a downstream bf16 rounding (2^-8 relative on one element) -- far below bf16-vs-fp32.
-    err = rel(compact, ref)
+    err = rel_err(compact, ref)
     print(f"bf16, per-sample time embedding vs official-style reference: {err:.1e}")
     assert err < 1e-3

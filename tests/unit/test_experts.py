@@ -35,6 +35,7 @@ def test_snr_round_trip():
     # spec §3: σ = 0.875 <-> SNR = 1/49; I2V 0.9 <-> SNR ≈ 0.0123
     assert snr_from_boundary(0.875) == pytest.approx(1 / 49, rel=1e-15)
     assert boundary_from_snr(1 / 49) == pytest.approx(0.875, rel=1e-15)
+    # the spec prints 0.0123 and -1.946: abs is half a unit of the last printed digit (or one)
     assert snr_from_boundary(0.9) == pytest.approx(0.0123, abs=5e-5)
     assert math.log(math.sqrt(snr_from_boundary(0.875))) == pytest.approx(-1.946, abs=1e-3)
     for b in (0.1, 0.5, 0.875, 0.99):

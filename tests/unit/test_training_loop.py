@@ -5,6 +5,7 @@ import random
 
 import pytest
 import torch
+from tolerance import assert_close_rel
 
 from wanmoe.configs import DiTConfig, T5Config
 from wanmoe.demo.clips import training_scenes
@@ -81,7 +82,8 @@ def test_ema_and_lr_schedule():
     w0 = e.shadow.weight.clone()
     assert e.shadow.weight.requires_grad is False
     e.update(m, step=100)
-    assert torch.allclose(1.0 - e.shadow.weight, 0.5 * (1.0 - w0))
+    # fp32 rounding of values ~1: measured max|diff| / max|ref| <= 1.5e-7 (init seeds 0..99)
+    assert_close_rel(1.0 - e.shadow.weight, 0.5 * (1.0 - w0), rtol=5e-7)
     assert lr_at(0, 1.0, 10, 100) == pytest.approx(0.1)
     assert lr_at(10, 1.0, 10, 100) == pytest.approx(1.0)
     assert lr_at(100, 1.0, 10, 100) == pytest.approx(0.1)

@@ -1,6 +1,7 @@
 """Demo VAE training stages: the decoder-only fine-tune leaves the latent space alone."""
 
 import torch
+from helpers_vae import one_thread  # noqa: F401  (autouse: one thread for the tiny convs, restored)
 
 from wanmoe.demo.training import demo_run as D
 from wanmoe.demo.training.common import load_state, save_state
@@ -23,7 +24,6 @@ def _base(work, seed=0):
 
 
 def test_decoder_stage_trains_only_the_decoder_and_keeps_the_latent_statistics(tmp_path):
-    torch.set_num_threads(1)
     base, mean, std = _base(tmp_path)
     final = D.stage_decoder(tmp_path, VAETrainConfig(seed=0, log_every=1), steps=2)
     st = load_state(final)

@@ -3,7 +3,8 @@ normalisation (spec §6.4-6.6) and differentiability."""
 
 import pytest
 import torch
-from helpers_vae import one_thread, rel, seeded_vae, tiny_cfg  # noqa: F401  (one_thread: autouse fixture)
+from helpers_vae import one_thread, seeded_vae, tiny_cfg  # noqa: F401  (one_thread: autouse fixture)
+from tolerance import rel_err
 
 from wanmoe.configs import WAN21_VAE_MEAN, WAN21_VAE_STD
 from wanmoe.errors import InputError
@@ -67,7 +68,7 @@ def test_chunked_equals_full_sequence(version):
     with torch.no_grad():
         z, zf = vae.encode(x), vae.encode(x, chunked=False)
         y, yf = vae.decode(z, clamp=False), vae.decode(z, chunked=False, clamp=False)
-    assert rel(zf, z) < 1e-5 and rel(yf, y) < 1e-5  # fp32 round-off of differently shaped convs
+    assert rel_err(zf, z) < 1e-5 and rel_err(yf, y) < 1e-5  # fp32 round-off of differently shaped convs
 
 
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
@@ -101,7 +102,7 @@ def test_reference_kernels_twin(version):
     with torch.no_grad():
         fast = vae.decode(z, clamp=False)
         ref = use_reference_kernels(vae).decode(z, clamp=False)
-    assert rel(fast, ref) < 1e-5  # fp32 round-off only
+    assert rel_err(fast, ref) < 1e-5  # fp32 round-off only
 
 
 @pytest.mark.parametrize("chunked", [True, False])
@@ -124,5 +125,5 @@ def test_batch_equals_per_sample(version):
         z = vae.encode(x)
         y = vae.decode(z)
         for i in range(2):
-            assert rel(vae.encode(x[i:i + 1]), z[i:i + 1]) < 1e-5  # batched convs: fp32 round-off
-            assert rel(vae.decode(z[i:i + 1]), y[i:i + 1]) < 1e-5
+            assert rel_err(vae.encode(x[i:i + 1]), z[i:i + 1]) < 1e-5  # batched convs: fp32 round-off
+            assert rel_err(vae.decode(z[i:i + 1]), y[i:i + 1]) < 1e-5
