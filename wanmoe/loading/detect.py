@@ -8,7 +8,6 @@ DiT file is read from its path (`expert_roles`): both experts have identical lay
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -261,6 +260,9 @@ def detect_tensors(entries: Mapping[str, tuple], metadata: Mapping | None = None
             det.model = MODEL_UMT5 if same else MODEL_T5_CUSTOM
     except KeyError as e:
         raise CheckpointError(f"{comp} checkpoint lacks the tensor {e.args[0]!r} needed to read its dimensions") from None
+    except (IndexError, ZeroDivisionError, TypeError, ValueError) as e:  # shapes of the wrong rank
+        raise CheckpointError(f"{comp} checkpoint has tensor shapes that do not fit a Wan {comp} "
+                              f"({type(e).__name__}: {e})") from None
     if quant:
         notes.append(f"{len(aux)} quantisation scale/marker tensors ({quant})")
     return det
@@ -270,10 +272,9 @@ def detect_tensors(entries: Mapping[str, tuple], metadata: Mapping | None = None
 
 def read_json(p: Path) -> dict:
     """Parsed JSON file; CheckpointError naming the file when it is unreadable or not JSON."""
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{p} is not readable JSON ({e})") from None
+    from wanmoe.loading.json_files import read_object  # strict: an object, bounded, one-line errors
+
+    return read_object(p)
 
 
 def container_of(src) -> str:
@@ -304,7 +305,12 @@ def detect_file(path: str | Path) -> Detection:
         # config.json describes a folder's weights: read it for a folder or a shard set only
         cfg_path = (p if p.is_dir() else p.parent) / "config.json"
         own_folder = p.is_dir() or container_of(src) == "sharded"
-        det = detect_source(src, read_json(cfg_path) if own_folder and cfg_path.is_file() else None)
+        config = read_json(cfg_path) if own_folder and cfg_path.is_file() else None
+        det = detect_source(src, config)
+        if config is not None and det.component == "dit":
+            from wanmoe.loading.json_files import check_dit_config
+
+            check_dit_config(cfg_path, config)
     det.path = p
     return det
 
