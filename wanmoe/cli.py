@@ -100,6 +100,8 @@ def _check_out(path: str | None, suffix: str, flag: str) -> Path | None:
 
 def _cmd_generate(args) -> int:
     from . import pipeline as P
+    from .outputs import OutputPlan
+    from .preflight import check_memory
     from .validate import check_weights, parse_device, parse_dtype, parse_vae_tile, settings_for
 
     prompt = _prompt(args)
@@ -110,17 +112,20 @@ def _cmd_generate(args) -> int:
     out = _check_out(args.out, ".mp4", "--out")
     latents_path = _check_out(args.save_latents, ".safetensors", "--save-latents")
     strip_path = _check_out(args.save_strip, ".png", "--save-strip")
+    outputs = OutputPlan({"--out": out, "--save-latents": latents_path, "--save-strip": strip_path})
+    outputs.probe()  # each file can be created; no folder is made before the run succeeds
+    if getattr(args, "interrupts", None) is not None:
+        args.interrupts.add_cleanup(outputs.cleanup)
     spec = P.resolve(args.ckpt_dir, high=args.high, low=args.low, vae=args.vae,
                      text_encoder=args.text_encoder, tokenizer=args.tokenizer)  # headers only
     settings = settings_for(spec.preset, size=args.size, frames=args.frames, steps=args.steps,
                             shift=args.shift, guide_scale=args.guide_scale, boundary=args.boundary,
                             boundary_snr=args.boundary_snr, solver=args.solver, seed=args.seed)
+    check_memory(spec.preset, settings.width, settings.height, settings.frames, device, dtype,
+                 args.batched_cfg)
     print(f"model: {spec.preset.name} ({spec.layout}) | size {settings.width}*{settings.height} | "
           f"{settings.frames} frames | {settings.steps} steps | solver {settings.solver} | "
           f"seed {settings.seed}", file=sys.stderr)
-    for p in (out, latents_path, strip_path):
-        if p is not None:
-            p.parent.mkdir(parents=True, exist_ok=True)  # only now that every value is valid
     pipe = P.load_pipeline(spec=spec, device=device, dtype=dtype, weights=args.weights,
                            offload=args.offload, text_encoder_device="cpu" if args.t5_cpu else None,
                            per_token_time=args.per_token_time)
@@ -130,11 +135,12 @@ def _cmd_generate(args) -> int:
     t0 = time.perf_counter()
     from .video import save_latents, save_png_strip, write_mp4
 
-    write_mp4(out, result.frames, result.fps)
+    writers = {"--out": lambda p: write_mp4(p, result.frames, result.fps)}
     if latents_path is not None:
-        save_latents(latents_path, result.latents)
+        writers["--save-latents"] = lambda p: save_latents(p, result.latents)
     if strip_path is not None:
-        save_png_strip(result.frames, strip_path)
+        writers["--save-strip"] = lambda p: save_png_strip(result.frames, p)
+    outputs.write(writers)  # all files appear together, or none
     timings = {"load": pipe.load_seconds, **{k: v for k, v in result.timings.items() if k != "total"},
                "write": time.perf_counter() - t0}
     timings["total"] = sum(timings.values())
@@ -190,8 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    from .interrupt import InterruptGuard
+
     try:
-        return int(args.func(args) or 0)
+        with InterruptGuard() as args.interrupts:
+            return int(args.func(args) or 0)
     except WanmoeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from .errors import CheckpointError
 from .validate import Settings, parse_device, parse_dtype, settings_for
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo" / "assets"
+MAX_PROMPT_CHARS = 100_000  # far past the encoder's 512 tokens; longer input is a mistake
 OFFLOAD_FRACTION = 0.5  # auto-offload when all experts' weights exceed this share of GPU memory
 
 
@@ -202,10 +203,20 @@ class WanPipeline:
 
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("prompt is empty; describe the video to generate")
+        for label, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
+            if text is not None and not isinstance(text, str):
+                raise InputError(f"{label} must be a string, not {type(text).__name__}")
+            if text is not None and len(text) > MAX_PROMPT_CHARS:
+                raise InputError(f"{label} has {len(text)} characters; the limit is {MAX_PROMPT_CHARS} "
+                                 f"(the encoder reads only {self.preset.t5.text_len} tokens)")
         if settings is None:
             settings = self.settings(size=size, frames=frames, steps=steps, shift=shift,
                                      guide_scale=guide_scale, boundary=boundary,
                                      boundary_snr=boundary_snr, solver=solver, seed=seed)
+        from .preflight import check_memory
+
+        check_memory(self.preset, settings.width, settings.height, settings.frames, self.device,
+                     self.dtype, bool(batched_cfg))
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         timings: dict[str, float] = {}
@@ -240,8 +251,12 @@ def resolve(path=None, *, high=None, low=None, vae=None, text_encoder=None, toke
 
     if path is None and high is None and low is None:
         path = default_checkpoint()
-    return resolve_checkpoint(path, high=high, low=low, vae=vae, text_encoder=text_encoder,
+    from .preflight import check_distinct_experts
+
+    spec = resolve_checkpoint(path, high=high, low=low, vae=vae, text_encoder=text_encoder,
                               tokenizer=tokenizer)
+    check_distinct_experts(spec.experts)
+    return spec
 
 
 def _dit_bytes(preset: ModelPreset, dtype: torch.dtype, weights=None) -> int:
@@ -345,11 +360,12 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
     from .runtime.quant.linear import DequantWorkspace
 
     workspace = DequantWorkspace()
+    tok = load_tokenizer(spec.tokenizer, text_len=preset.t5.text_len)  # a bad one fails before the weights
     experts = {e.name: _load_expert(spec, e.name, dit_device, dt, weights, workspace)
                        .set_per_token_time(per_token_time) for e in preset.experts}
     t5_dev = torch.device("cpu") if off else text_dev
     t5 = C.load_text_encoder(spec.text_encoder, dtype=dt, device=t5_dev)
-    text = TextEncoder(load_tokenizer(spec.tokenizer, text_len=preset.t5.text_len), t5)
+    text = TextEncoder(tok, t5)
     vae_model = C.load_vae(spec.vae, cfg=preset.vae, device=dev)
     pipe = WanPipeline(preset, experts, text, vae_model, device=dev, dtype=dt, offload=off,
                        text_device=text_dev, source=str(spec.root or path or ""))
