@@ -14,7 +14,7 @@ from pathlib import Path
 from wanmoe.configs import T2V_A14B, TI2V_5B, WAN21_VAE, WAN22_VAE, DiTConfig, ModelPreset, VAEConfig
 from wanmoe.errors import CheckpointError
 from wanmoe.loading.detect import MODEL_A14B, Detection, detect_file, is_tokenizer_dir, read_json
-from wanmoe.loading.json_files import check_dit_config, check_tokenizer_json
+from wanmoe.loading.json_files import check_dit_config, check_tokenizer_json, check_types
 
 WHAT = {"dit": "a Wan DiT", "vae": "a Wan VAE", "text_encoder": "a umT5 text encoder", "tokenizer": "a tokenizer"}
 A14B_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
@@ -163,12 +163,13 @@ def resolve_checkpoint(path=None, *, high=None, low=None, vae=None, text_encoder
     experts = {r: p for r, p in paths.items() if r not in COMPONENTS}
     if meta is None:
         _check_experts(experts, dets)
+    where = root / "wanmoe.json" if meta is not None else next(iter(experts.values()))
     try:
         preset = _preset(meta, experts, dets)
-    except (ValueError, TypeError, KeyError) as e:  # a config the dataclasses refuse
-        where = root / "wanmoe.json" if meta is not None else next(iter(experts.values()))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # a config the dataclasses refuse
         raise CheckpointError(f"{where}: the model dimensions are inconsistent or malformed "
                               f"({type(e).__name__}: {e})") from None
+    check_types(preset, where)  # ints are ints (wanmoe.json is built with whatever it holds)
     experts = {e.name: experts[e.name] for e in preset.experts if e.name in experts}
     _check_compat(preset, experts, paths, dets)
     return CheckpointSpec(preset=preset, experts=experts, text_encoder=paths["text_encoder"],

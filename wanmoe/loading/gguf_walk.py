@@ -139,6 +139,8 @@ def _tensor_infos(cur: _Cursor, count: int, sizes) -> list[tuple[str, tuple[int,
         if n_dims > MAX_DIMS:
             raise cur.fail(f"tensor {name!r} has {n_dims} dims (GGUF allows at most {MAX_DIMS})")
         dims = tuple(cur.u64(f"dims of tensor {name!r}") for _ in range(n_dims))
+        if 0 in dims:
+            raise cur.fail(f"tensor {name!r} has dims {list(dims)}; a GGUF tensor has no zero dim")
         type_id = cur.u32(f"type of tensor {name!r}")
         offset = cur.u64(f"offset of tensor {name!r}")
         nbytes = _tensor_bytes(cur, name, dims, type_id, sizes)

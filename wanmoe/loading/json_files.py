@@ -102,3 +102,62 @@ def check_tokenizer_json(path) -> None:
     if "model" in d and not isinstance(d["model"], dict):
         raise CheckpointError(f"{path}: 'model' must be an object describing the tokenizer model; "
                               "this is not a tokenizers tokenizer.json")
+
+
+# ---- typed presets (wanmoe.json) --------------------------------------------------------------
+
+def _matches(value, ann: str, where: str, path) -> None:
+    """Check `value` against a dataclass annotation string ("int", "tuple[int, ...]", "X | None")."""
+    import dataclasses
+
+    ann = ann.strip()
+    if "|" in ann and "[" not in ann.split("|")[0]:
+        options = [a.strip() for a in ann.split("|")]
+        if value is None and "None" in options:
+            return
+        ann = next(a for a in options if a != "None")
+    if dataclasses.is_dataclass(value):
+        check_types(value, path, where)
+        return
+    if ann.startswith("tuple["):
+        inner = ann[len("tuple["):-1]
+        if not isinstance(value, tuple):
+            raise CheckpointError(f"{path}: {where} is {value!r}; expected a list")
+        parts = _split_top(inner)
+        if len(parts) == 2 and parts[1] == "...":
+            parts = [parts[0]] * len(value)
+        if len(parts) != len(value):
+            raise CheckpointError(f"{path}: {where} is {list(value)!r}; expected {len(parts)} values")
+        for i, (v, a) in enumerate(zip(value, parts)):
+            _matches(v, a, f"{where}[{i}]", path)
+        return
+    ok = {"int": is_int(value), "str": isinstance(value, str), "bool": isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool)}.get(ann, True)
+    if not ok:
+        raise CheckpointError(f"{path}: {where} is {value!r}; it must be of type {ann}")
+    if ann in ("int", "float") and isinstance(value, float) and value != value:
+        raise CheckpointError(f"{path}: {where} is NaN")
+
+
+def _split_top(s: str) -> list[str]:
+    """'int, tuple[int, int], float' -> ['int', 'tuple[int, int]', 'float'] (top-level commas)."""
+    out, depth, cur = [], 0, ""
+    for ch in s:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return out + [cur.strip()] if cur.strip() else out
+
+
+def check_types(obj, path, where: str = "preset") -> None:
+    """Every field of a (nested) config dataclass has its annotated type: ints are ints, not
+    "30", 30.0 or true (a preset read from JSON is built with whatever the file held)."""
+    import dataclasses
+
+    for f in dataclasses.fields(obj):
+        _matches(getattr(obj, f.name), f.type if isinstance(f.type, str) else f.type.__name__,
+                 f"{where}.{f.name}", path)
