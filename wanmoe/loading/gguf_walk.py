@@ -30,6 +30,8 @@ _MIN_VALUE = {**{t: s for t, (_, s) in _SCALARS.items()}, _STRING: 8, _ARRAY: 12
 MAX_DIMS = 8  # GGML_MAX_DIMS is 4, but gguf-py writes the 5-D patch embedding as is
 MAX_ARRAY_DEPTH = 4
 KEEP_ARRAY_ITEMS = 4096  # arrays longer than this are checked and skipped, not decoded
+MAX_STRING_ITEMS = 1_000_000  # strings in arrays, whole file: walking (here and in gguf-py) is
+# per item, so this bounds the time; LLM tokenizers hold ~500k, Wan files none
 
 
 @dataclass
@@ -59,6 +61,7 @@ class _Cursor:
     def __init__(self, path, buf, size: int, type_names: dict[int, str]) -> None:
         self.path, self.buf, self.size, self.pos = path, buf, size, 0
         self.type_names = type_names  # for error messages only
+        self.string_items = 0  # items of string / nested arrays walked so far
 
     def fail(self, what: str) -> CheckpointError:
         return CheckpointError(f"{self.path}: not a readable GGUF file: {what} (at byte {self.pos} "
@@ -106,6 +109,11 @@ def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0):
     if itype not in _MIN_VALUE:
         raise cur.fail(f"array {key!r} has unknown item type {itype}")
     cur.need(count * _MIN_VALUE[itype], f"array {key!r} of {count} items")
+    if itype in (_STRING, _ARRAY):
+        cur.string_items += count
+        if cur.string_items > MAX_STRING_ITEMS:
+            raise cur.fail(f"array {key!r} brings the file's array items to {cur.string_items}, "
+                           f"more than the {MAX_STRING_ITEMS} a model file needs")
     if itype in _SCALARS and count > KEEP_ARRAY_ITEMS:  # fixed-size items: skip in one step
         cur.pos += count * _SCALARS[itype][1]
         return None
