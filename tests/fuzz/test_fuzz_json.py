@@ -148,3 +148,13 @@ def test_listed_bad_json_is_refused(roots, tmp_path, rel, text):
 
 def test_official_folder_resolves(roots):
     assert _resolve_checked(roots["official"], _parts(roots)).preset.name == "t2v-A14B"
+
+
+@pytest.mark.parametrize("experts", [[], {}, [{"name": "middle", "guidance": 1.0}]])
+def test_wanmoe_json_with_no_or_unknown_experts(roots, tmp_path, experts):
+    """Found by the long fuzz run: an empty expert list used to escape as StopIteration."""
+    root = shutil.copytree(roots["wanmoe"], tmp_path / "wm")
+    meta = json.loads((root / "wanmoe.json").read_text())
+    meta["preset"]["experts"] = experts
+    (root / "wanmoe.json").write_text(json.dumps(meta))
+    assert run_case("json-listed", root / "wanmoe.json", lambda _p: _resolve_checked(root)) is None

@@ -170,7 +170,11 @@ def resolve_checkpoint(path=None, *, high=None, low=None, vae=None, text_encoder
         raise CheckpointError(f"{where}: the model dimensions are inconsistent or malformed "
                               f"({type(e).__name__}: {e})") from None
     check_types(preset, where)  # ints are ints (wanmoe.json is built with whatever it holds)
+    given_experts = sorted(experts)
     experts = {e.name: experts[e.name] for e in preset.experts if e.name in experts}
+    if not experts or len(experts) != len(preset.experts):
+        raise CheckpointError(f"{where}: the preset names experts {[e.name for e in preset.experts]} "
+                              f"but the checkpoint gives {given_experts}")
     _check_compat(preset, experts, paths, dets)
     return CheckpointSpec(preset=preset, experts=experts, text_encoder=paths["text_encoder"],
                           tokenizer=paths["tokenizer"], vae=paths["vae"], detections=dets,
