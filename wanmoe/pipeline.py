@@ -28,7 +28,6 @@ from .errors import CheckpointError
 from .validate import Settings, parse_device, parse_dtype, settings_for
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo" / "assets"
-MAX_PROMPT_CHARS = 100_000  # far past the encoder's 512 tokens; longer input is a mistake
 OFFLOAD_FRACTION = 0.5  # auto-offload when all experts' weights exceed this share of GPU memory
 
 
@@ -203,12 +202,9 @@ class WanPipeline:
 
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("prompt is empty; describe the video to generate")
-        for label, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
-            if text is not None and not isinstance(text, str):
-                raise InputError(f"{label} must be a string, not {type(text).__name__}")
-            if text is not None and len(text) > MAX_PROMPT_CHARS:
-                raise InputError(f"{label} has {len(text)} characters; the limit is {MAX_PROMPT_CHARS} "
-                                 f"(the encoder reads only {self.preset.t5.text_len} tokens)")
+        from .preflight import check_prompts
+
+        check_prompts(prompt, negative_prompt, self.preset.t5.text_len)
         if settings is None:
             settings = self.settings(size=size, frames=frames, steps=steps, shift=shift,
                                      guide_scale=guide_scale, boundary=boundary,

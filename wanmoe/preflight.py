@@ -20,6 +20,7 @@ import torch
 from .configs import ModelPreset
 from .errors import InputError
 
+MAX_PROMPT_CHARS = 100_000  # far past the encoder's 512 tokens; longer input is a mistake
 SOLVER_COPIES = 5  # sample, model output, noise and two history slots of the multistep solvers
 
 
@@ -36,6 +37,16 @@ def check_distinct_experts(experts: dict[str, Path]) -> None:
         raise InputError(f"the {ra.replace('_', ' ')} and {rb.replace('_', ' ')} experts are the same "
                          f"file ({a}); Wan2.2 A14B has two different experts (high noise for early "
                          "steps, low noise for late ones): pass each expert's own file")
+
+
+def check_prompts(prompt, negative_prompt, text_len: int) -> None:
+    """Prompts are strings of a sane length (the Python API gets whatever the caller passes)."""
+    for label, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
+        if text is not None and not isinstance(text, str):
+            raise InputError(f"{label} must be a string, not {type(text).__name__}")
+        if text is not None and len(text) > MAX_PROMPT_CHARS:
+            raise InputError(f"{label} has {len(text)} characters; the limit is {MAX_PROMPT_CHARS} "
+                             f"(the encoder reads only {text_len} tokens)")
 
 
 def _fmt(n: int) -> str:
