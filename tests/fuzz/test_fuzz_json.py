@@ -158,3 +158,14 @@ def test_wanmoe_json_with_no_or_unknown_experts(roots, tmp_path, experts):
     meta["preset"]["experts"] = experts
     (root / "wanmoe.json").write_text(json.dumps(meta))
     assert run_case("json-listed", root / "wanmoe.json", lambda _p: _resolve_checked(root)) is None
+
+
+@pytest.mark.parametrize("key,value", [("num_heads", 0), ("num_layers", -2), ("eps", float("nan")),
+                                       ("dim", 256.0)])
+def test_wanmoe_json_with_bad_dit_values(roots, tmp_path, key, value):
+    """Found by the long fuzz run: num_heads 0 used to escape as ZeroDivisionError."""
+    root = shutil.copytree(roots["wanmoe"], tmp_path / "wm")
+    meta = json.loads((root / "wanmoe.json").read_text())
+    meta["preset"]["dit"][key] = value
+    (root / "wanmoe.json").write_text(json.dumps(meta))
+    assert run_case("json-listed", root / "wanmoe.json", lambda _p: _resolve_checked(root)) is None

@@ -166,7 +166,7 @@ def resolve_checkpoint(path=None, *, high=None, low=None, vae=None, text_encoder
     where = root / "wanmoe.json" if meta is not None else next(iter(experts.values()))
     try:
         preset = _preset(meta, experts, dets)
-    except (ValueError, TypeError, KeyError, AttributeError) as e:  # a config the dataclasses refuse
+    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as e:  # refused by the dataclasses
         raise CheckpointError(f"{where}: the model dimensions are inconsistent or malformed "
                               f"({type(e).__name__}: {e})") from None
     check_types(preset, where)  # ints are ints (wanmoe.json is built with whatever it holds)

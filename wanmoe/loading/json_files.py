@@ -9,6 +9,7 @@ They come from strangers like the weights do. Each reader returns an object (dic
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path, PurePosixPath
 
 from wanmoe.errors import CheckpointError
@@ -135,8 +136,10 @@ def _matches(value, ann: str, where: str, path) -> None:
           "float": isinstance(value, (int, float)) and not isinstance(value, bool)}.get(ann, True)
     if not ok:
         raise CheckpointError(f"{path}: {where} is {value!r}; it must be of type {ann}")
-    if ann in ("int", "float") and isinstance(value, float) and value != value:
-        raise CheckpointError(f"{path}: {where} is NaN")
+    if ann == "int" and value < 1:  # every int of a preset is a size or a count
+        raise CheckpointError(f"{path}: {where} is {value}; it must be >= 1")
+    if ann == "float" and not math.isfinite(value):
+        raise CheckpointError(f"{path}: {where} is {value}; it must be a finite number")
 
 
 def _split_top(s: str) -> list[str]:
