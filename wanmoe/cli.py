@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -209,5 +210,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run(argv: list[str] | None = None) -> None:
+    """Program entry (`wanmoe`, `python -m wanmoe`): `main()`, then exit. An interrupted run
+    skips the interpreter's teardown, which with torch loaded can take seconds on a busy machine
+    (temp files are already gone by then), so Ctrl-C ends the process at once."""
+    code = main(argv)
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

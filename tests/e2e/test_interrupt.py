@@ -88,9 +88,9 @@ def test_sigint_while_parsing_headers(a14b_dir, tmp_path, monkeypatch):
             time.sleep(0.5)
             return real(path)
         h.read_header = slow
-        from wanmoe.cli import main
-        sys.exit(main(["generate", "x", "--ckpt-dir", {str(a14b_dir)!r}, "--size", "64*64",
-                       "--frames", "5", "--device", "cpu", "--out", {str(out)!r}]))
+        from wanmoe.cli import run
+        run(["generate", "x", "--ckpt-dir", {str(a14b_dir)!r}, "--size", "64*64",
+             "--frames", "5", "--device", "cpu", "--out", {str(out)!r}])
     """)
     proc = _Proc([sys.executable, "-c", script])
     proc.wait_for(b"parsing")
