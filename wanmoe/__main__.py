@@ -1,8 +1,6 @@
 """`python -m wanmoe ...` runs the `wanmoe` command."""
 
-import sys
-
-from wanmoe.cli import main
+from wanmoe.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -141,6 +142,8 @@ def _cmd_generate(args) -> int:
     from . import pipeline as P
     from .request import lora_plan, runtime_config
     from .validate import parse_vae_tile, settings_for
+    from .outputs import OutputPlan
+    from .preflight import check_memory
 
     prompt = _prompt(args)
     rt = runtime_config(args.device, args.dtype, weights=args.weights, offload=args.offload,
@@ -151,29 +154,33 @@ def _cmd_generate(args) -> int:
     out = _check_out(args.out, ".mp4", "--out")
     latents_path = _check_out(args.save_latents, ".safetensors", "--save-latents")
     strip_path = _check_out(args.save_strip, ".png", "--save-strip")
+    outputs = OutputPlan({"--out": out, "--save-latents": latents_path, "--save-strip": strip_path})
+    outputs.probe()  # each file can be created; no folder is made before the run succeeds
+    if getattr(args, "interrupts", None) is not None:
+        args.interrupts.add_cleanup(outputs.cleanup)
     spec = P.resolve(args.ckpt_dir, high=args.high, low=args.low, vae=args.vae,
                      text_encoder=args.text_encoder, tokenizer=args.tokenizer)  # headers only
     settings = settings_for(spec.preset, size=args.size, frames=args.frames,
                             boundary=args.boundary, boundary_snr=args.boundary_snr,
                             seed=args.seed, **_sampling_values(args))
+    check_memory(spec.preset, settings.width, settings.height, settings.frames, rt.device, rt.dtype,
+                 rt.batched_cfg)
     loras = lora_plan(spec.preset, args.lora, args.lora_high, args.lora_low)
     print(f"model: {spec.preset.name} ({spec.layout}) | size {settings.width}*{settings.height} | "
           f"{settings.frames} frames | {settings.steps} steps | solver {settings.solver} | "
           f"seed {settings.seed}", file=sys.stderr)
-    for p in (out, latents_path, strip_path):
-        if p is not None:
-            p.parent.mkdir(parents=True, exist_ok=True)  # only now that every value is valid
     pipe = P.load_pipeline(spec=spec, runtime=rt, loras=loras)
     result = pipe.generate(prompt, args.negative_prompt, settings=settings,
                            progress=not args.quiet, vae_tiling=tiling)
     t0 = time.perf_counter()
     from .video import save_latents, save_png_strip, write_mp4
 
-    write_mp4(out, result.frames, result.fps)
+    writers = {"--out": lambda p: write_mp4(p, result.frames, result.fps)}
     if latents_path is not None:
-        save_latents(latents_path, result.latents)
+        writers["--save-latents"] = lambda p: save_latents(p, result.latents)
     if strip_path is not None:
-        save_png_strip(result.frames, strip_path)
+        writers["--save-strip"] = lambda p: save_png_strip(result.frames, p)
+    outputs.write(writers)  # all files appear together, or none
     timings = {"load": pipe.load_seconds, **{k: v for k, v in result.timings.items() if k != "total"},
                "write": time.perf_counter() - t0}
     timings["total"] = sum(timings.values())
@@ -232,8 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    from .interrupt import InterruptGuard
+
     try:
-        return int(args.func(args) or 0)
+        with InterruptGuard() as args.interrupts:
+            return int(args.func(args) or 0)
     except WanmoeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -242,5 +252,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run(argv: list[str] | None = None) -> None:
+    """Program entry (`wanmoe`, `python -m wanmoe`): `main()`, then exit. An interrupted run
+    skips the interpreter's teardown, which with torch loaded can take seconds on a busy machine
+    (temp files are already gone by then), so Ctrl-C ends the process at once."""
+    code = main(argv)
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

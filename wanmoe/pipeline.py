@@ -238,10 +238,17 @@ class WanPipeline:
 
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("prompt is empty; describe the video to generate")
+        from .preflight import check_prompts
+
+        check_prompts(prompt, negative_prompt, self.preset.t5.text_len)
         if settings is None:
             settings = self.settings(size=size, frames=frames, steps=steps, shift=shift,
                                      guide_scale=guide_scale, boundary=boundary,
                                      boundary_snr=boundary_snr, solver=solver, seed=seed)
+        from .preflight import check_memory
+
+        check_memory(self.preset, settings.width, settings.height, settings.frames, self.device,
+                     self.dtype, bool(batched_cfg))
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         timings: dict[str, float] = {}
@@ -277,8 +284,12 @@ def resolve(path=None, *, high=None, low=None, vae=None, text_encoder=None, toke
 
     if path is None and high is None and low is None:
         path = default_checkpoint()
-    return resolve_checkpoint(path, high=high, low=low, vae=vae, text_encoder=text_encoder,
+    from .preflight import check_distinct_experts
+
+    spec = resolve_checkpoint(path, high=high, low=low, vae=vae, text_encoder=text_encoder,
                               tokenizer=tokenizer)
+    check_distinct_experts(spec.experts)
+    return spec
 
 
 def _schedule_for(preset: ModelPreset, settings: GenerationRequest):
@@ -353,11 +364,12 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
     off = choose_offload(rt.offload, preset, rt.device, rt.dtype, rt.weights)
     home = torch.device("cpu") if off else rt.device  # where weights wait between their steps
     workspace = DequantWorkspace()
+    tok = load_tokenizer(spec.tokenizer, text_len=preset.t5.text_len)  # a bad one fails before the weights
     experts = {e.name: _load_expert(spec, e.name, rt, home, workspace, parsed.get(e.name, ()))
                for e in preset.experts}
     t5 = C.load_text_encoder(spec.text_encoder, dtype=rt.dtype,
                              device=torch.device("cpu") if off else rt.encoder_device)
-    text = TextEncoder(load_tokenizer(spec.tokenizer, text_len=preset.t5.text_len), t5)
+    text = TextEncoder(tok, t5)
     vae_model = C.load_vae(spec.vae, cfg=preset.vae, device=rt.device)
     pipe = WanPipeline(preset, experts, text, vae_model, runtime=rt,
                        placement=placement_for(off, experts, rt.device),

@@ -25,6 +25,24 @@ SOLVERS = tuple(_SOLVER_REGISTRY)  # the one registry: wanmoe.sampling.SOLVERS
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 WEIGHT_MODES = tuple(m.value for m in WeightMode if m is not WeightMode.DEFAULT)
 SEED_MAX = sys.maxsize  # the official random seed is drawn from [0, sys.maxsize]
+MAX_FRAMES = 2001  # 25x the official 81; beyond this a request is a typo, not a video
+MAX_STEPS = 1000  # the schedule has 1000 training timesteps
+MAX_SIDE_DIGITS = 9
+
+
+def _is_int(v) -> bool:
+    """An int that is not a bool (`True` is an int to Python, not a frame count to a user)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(label: str, value) -> float:
+    """float(value), with anything that is not a number (str, bool, None, list) an InputError."""
+    if isinstance(value, bool):
+        raise InputError(f"{label} {value!r} must be a number, not a bool")
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{label} {value!r} is not a number") from None
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[*xX×]\s*(\d+)\s*$")
 
@@ -70,6 +88,8 @@ def parse_size(text: str) -> tuple[int, int]:
     m = _SIZE_RE.match(str(text))
     if not m:
         raise InputError(f"size {text!r} is not WIDTH*HEIGHT (e.g. 1280*720; 'x' works too)")
+    if max(len(m.group(1)), len(m.group(2))) > MAX_SIDE_DIGITS:
+        raise InputError(f"size {text!r} has a side of more than {MAX_SIDE_DIGITS} digits")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -82,7 +102,7 @@ def check_size(width: int, height: int, preset: ModelPreset) -> None:
     """Width and height must be positive multiples of the preset's VAE stride x patch."""
     k = preset.size_multiple
     for label, v in (("width", width), ("height", height)):
-        if not isinstance(v, int) or v <= 0:
+        if not _is_int(v) or v <= 0:
             raise InputError(f"{label} {v!r} must be a positive integer")
         if v % k:
             raise InputError(f"{label} {v} is not a multiple of {k}; {_nearest_multiples(v, k)} "
@@ -92,21 +112,26 @@ def check_size(width: int, height: int, preset: ModelPreset) -> None:
 def check_frames(frames: int, t_stride: int = 4) -> None:
     """Pixel frame count must be k*n+1 (the VAE keeps frame 0 and compresses the rest by k=4)."""
     k = t_stride
-    if not isinstance(frames, int) or frames < 1:
+    if not _is_int(frames) or frames < 1:
         raise InputError(f"frames {frames!r} must be an integer of the form {k}n+1 >= 1 "
                          f"(1, {k + 1}, {2 * k + 1}, ...)")
+    if frames > MAX_FRAMES:
+        raise InputError(f"frames {frames} is more than the limit of {MAX_FRAMES}")
     if (frames - 1) % k:
         lo = frames - (frames - 1) % k
         raise InputError(f"frames {frames} is not of the form {k}n+1; use {lo} or {lo + k}")
 
 
 def check_steps(steps: int) -> None:
-    if not isinstance(steps, int) or steps < 1:
+    if not _is_int(steps) or steps < 1:
         raise InputError(f"steps {steps!r} must be an integer >= 1")
+    if steps > MAX_STEPS:
+        raise InputError(f"steps {steps} is more than {MAX_STEPS}, the number of timesteps of the "
+                         "noise schedule")
 
 
 def check_shift(shift: float) -> None:
-    if not math.isfinite(float(shift)) or float(shift) <= 0:
+    if not math.isfinite(_number("shift", shift)) or float(shift) <= 0:
         raise InputError(f"shift {shift!r} must be a finite number > 0")
 
 
@@ -119,10 +144,12 @@ def parse_guide_scale(value, n_experts: int) -> tuple[float, ...]:
         except ValueError:
             raise InputError(f"guide scale {value!r} is not a number or a comma-separated "
                              f"list of numbers (e.g. 4.0 or 4.0,3.0)") from None
-    elif isinstance(value, (int, float)):
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
         vals = [float(value)]
+    elif isinstance(value, (list, tuple)):
+        vals = [_number("guide scale", v) for v in value]
     else:
-        vals = [float(v) for v in value]
+        raise InputError(f"guide scale {value!r} is not a number, a list of numbers or 'HIGH,LOW'")
     if len(vals) == 1:
         vals = vals * n_experts
     if len(vals) != n_experts:
@@ -145,10 +172,13 @@ def check_boundary(boundary: float | None, boundary_snr: float | None,
             raise InputError(f"{preset.name} is a single-expert model; a MoE boundary does not apply")
         return None
     if boundary_snr is not None:
-        boundary = boundary_from_snr(boundary_snr)
+        snr = _number("boundary SNR", boundary_snr)
+        if not math.isfinite(snr) or snr <= 0:
+            raise InputError(f"boundary SNR {boundary_snr!r} must be a finite number > 0")
+        boundary = boundary_from_snr(snr)
     if boundary is None:
         return preset.boundary
-    if not 0.0 < float(boundary) < 1.0:
+    if not 0.0 < _number("boundary", boundary) < 1.0:
         raise InputError(f"boundary {boundary!r} must lie strictly between 0 and 1 "
                          f"(official {preset.boundary})")
     return float(boundary)
@@ -162,9 +192,9 @@ def check_solver(name: str) -> str:
 
 def resolve_seed(seed: int | None) -> int:
     """-1 / None -> a random seed in [0, sys.maxsize] (official rule); else checked."""
-    if seed is None or seed == -1:
+    if seed is None or (_is_int(seed) and seed == -1):
         return random.SystemRandom().randint(0, SEED_MAX)
-    if not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+    if not _is_int(seed) or not 0 <= seed <= SEED_MAX:
         raise InputError(f"seed {seed!r} must be -1 (random) or an integer in [0, {SEED_MAX}]")
     return seed
 
@@ -228,14 +258,16 @@ def settings_for(preset: ModelPreset, *, size=None, frames=None, steps=None, shi
         width, height = preset.size
     elif isinstance(size, str):
         width, height = parse_size(size)
+    elif isinstance(size, (list, tuple)) and len(size) == 2:
+        width, height = size  # check_size refuses anything but positive ints (no rounding)
     else:
-        width, height = (int(v) for v in size)
+        raise InputError(f"size {size!r} must be 'WIDTH*HEIGHT' or a (width, height) pair of ints")
     check_size(width, height, preset)
     frames = preset.frames if frames is None else frames
     check_frames(frames, preset.vae.stride[0])
     steps = preset.steps if steps is None else steps
     check_steps(steps)
-    shift = preset.shift if shift is None else float(shift)
+    shift = preset.shift if shift is None else _number("shift", shift)
     check_shift(shift)
     if guide_scale is None:
         scales = tuple(e.guidance for e in preset.experts)

@@ -6,11 +6,8 @@ beside the target and renamed at the end, so a failure never leaves a half-writt
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 import zlib
-from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -33,18 +30,12 @@ def _as_frames(frames) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-@contextmanager
 def _atomic_path(path: Path, suffix: str):
-    """Yield a temp path in the target folder; rename onto `path` only if the body succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Temp path in the target folder, renamed onto `path` only if the body succeeds; the file
+    gets ordinary permissions (umask), not mkstemp's 0600 (`outputs.atomic_path`)."""
+    from .outputs import atomic_path
+
+    return atomic_path(path, suffix)
 
 
 def _pad_even(arr: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from wanmoe.configs import (T2V_A14B, TI2V_5B, WAN21_VAE, WAN22_VAE, DiTConfig, 
 from wanmoe.errors import CheckpointError
 from wanmoe.loading.containers import is_tokenizer_dir, read_json
 from wanmoe.loading.detect import MODEL_A14B, WHAT, Detection, detect_file
+from wanmoe.loading.json_files import check_dit_config, check_tokenizer_json, check_types
 A14B_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 COMPONENTS = ("text_encoder", "vae", "tokenizer")
 
@@ -48,9 +49,11 @@ def _layout(root: Path) -> tuple[str, dict[str, Path], dict | None]:
     """(layout name, default role -> path, wanmoe.json dict or None) of a checkpoint folder."""
     if (root / "wanmoe.json").is_file():
         meta = read_json(root / "wanmoe.json")
-        if meta.get("format") != "wanmoe" or "files" not in meta or "preset" not in meta:
+        files = meta.get("files")
+        if (meta.get("format") != "wanmoe" or not isinstance(meta.get("preset"), dict)
+                or not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values())):
             raise CheckpointError(f"{root / 'wanmoe.json'} is not a wanmoe checkpoint description "
-                                  "(needs format='wanmoe', preset and files)")
+                                  "(needs format='wanmoe', a preset object and files: role -> path)")
         return "wanmoe-dir", {k: root / v for k, v in meta["files"].items()}, meta
     tok = root / "google" / "umt5-xxl"
     if (root / "model_index.json").is_file():
@@ -88,6 +91,9 @@ def _check_tokenizer(path: Path) -> None:
                               "or spiece.model, or a tokenizer.json file)")
     if path.is_dir() and not is_tokenizer_dir(path):
         raise CheckpointError(f"tokenizer folder {path} holds neither tokenizer.json nor spiece.model")
+    tok_json = path / "tokenizer.json" if path.is_dir() else path
+    if tok_json.is_file():
+        check_tokenizer_json(tok_json)  # a garbage tokenizer.json fails here, not after the weights
 
 
 def _dit_from_config(det: Detection, folder: Path) -> DiTConfig:
@@ -97,6 +103,7 @@ def _dit_from_config(det: Detection, folder: Path) -> DiTConfig:
     if cfg_path is None or not cfg_path.is_file():
         return det.dit_config()
     c = read_json(cfg_path)
+    check_dit_config(cfg_path, c)  # ints are ints, dim divisible by heads, ...
     if "num_attention_heads" in c:  # diffusers WanTransformer3DModel
         heads = c["num_attention_heads"]
         vals = {"dim": heads * c["attention_head_dim"], "num_heads": heads, "in_dim": c["in_channels"],
@@ -156,8 +163,18 @@ def resolve_checkpoint(path=None, *, high=None, low=None, vae=None, text_encoder
     experts = {r: p for r, p in paths.items() if r not in COMPONENTS}
     if meta is None:
         _check_experts(experts, dets)
-    preset = _preset(meta, experts, dets)
+    where = root / "wanmoe.json" if meta is not None else next(iter(experts.values()))
+    try:
+        preset = _preset(meta, experts, dets)
+    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as e:  # refused by the dataclasses
+        raise CheckpointError(f"{where}: the model dimensions are inconsistent or malformed "
+                              f"({type(e).__name__}: {e})") from None
+    check_types(preset, where)  # ints are ints (wanmoe.json is built with whatever it holds)
+    given_experts = sorted(experts)
     experts = {e.name: experts[e.name] for e in preset.experts if e.name in experts}
+    if not experts or len(experts) != len(preset.experts):
+        raise CheckpointError(f"{where}: the preset names experts {[e.name for e in preset.experts]} "
+                              f"but the checkpoint gives {given_experts}")
     _check_compat(preset, experts, paths, dets)
     return CheckpointSpec(preset=preset, experts=experts, text_encoder=paths["text_encoder"],
                           tokenizer=paths["tokenizer"], vae=paths["vae"], detections=dets,

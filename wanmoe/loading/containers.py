@@ -66,11 +66,11 @@ def container_of(src: TensorSource) -> str:
 
 
 def read_json(p: Path) -> dict:
-    """Parsed JSON file; CheckpointError naming the file when it is unreadable or not JSON."""
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{p} is not readable JSON ({e})") from None
+    """Parsed JSON object; CheckpointError naming the file when it is unreadable, not JSON or not
+    an object (strict and bounded: `json_files.read_object`)."""
+    from wanmoe.loading.json_files import read_object
+
+    return read_object(p)
 
 
 def is_tokenizer_dir(p: Path) -> bool:

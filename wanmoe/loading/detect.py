@@ -264,6 +264,9 @@ def detect_tensors(entries: Mapping[str, tuple], metadata: Mapping | None = None
             det.model = MODEL_UMT5 if same else MODEL_T5_CUSTOM
     except KeyError as e:
         raise CheckpointError(f"{comp} checkpoint lacks the tensor {e.args[0]!r} needed to read its dimensions") from None
+    except (IndexError, ZeroDivisionError, TypeError, ValueError) as e:  # shapes of the wrong rank
+        raise CheckpointError(f"{comp} checkpoint has tensor shapes that do not fit a Wan {comp} "
+                              f"({type(e).__name__}: {e})") from None
     if quant:
         notes.append(f"{len(aux)} quantisation scale/marker tensors ({quant})")
     return det
@@ -305,7 +308,12 @@ def detect_file(path: str | Path) -> Detection:
         # config.json describes a folder's weights: read it for a folder or a shard set only
         cfg_path = (p if p.is_dir() else p.parent) / "config.json"
         own_folder = p.is_dir() or container_of(src) == "sharded"
-        det = detect_source(src, read_json(cfg_path) if own_folder and cfg_path.is_file() else None)
+        config = read_json(cfg_path) if own_folder and cfg_path.is_file() else None
+        det = detect_source(src, config)
+        if config is not None and det.component == "dit":
+            from wanmoe.loading.json_files import check_dit_config
+
+            check_dit_config(cfg_path, config)
     det.path = p
     return det
 

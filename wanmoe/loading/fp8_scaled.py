@@ -63,17 +63,17 @@ class ScaledFp8Source(TensorSource):
         fmts: dict[str, str] = {}
         meta = self.metadata.get("_quantization_metadata")
         if meta:
-            try:
+            try:  # untrusted header text: any shape of JSON (or a non-string) is one error line
                 layers = json.loads(meta).get("layers", {})
-            except (json.JSONDecodeError, AttributeError) as e:
+                fmts.update({k: str(v.get("format", "")) for k, v in layers.items() if isinstance(v, dict)})
+            except (ValueError, TypeError, AttributeError, RecursionError) as e:
                 raise CheckpointError(f"{self.paths[0]}: _quantization_metadata is not valid JSON ({e})") from None
-            fmts.update({k: v.get("format", "") for k, v in layers.items() if isinstance(v, dict)})
         for n in aux:
             if n.endswith(".comfy_quant"):
                 raw = bytes(self.inner.get(n).to(torch.uint8).reshape(-1).tolist())
                 try:
-                    fmts[n.removesuffix(".comfy_quant")] = json.loads(raw).get("format", "")
-                except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+                    fmts[n.removesuffix(".comfy_quant")] = str(json.loads(raw).get("format", ""))
+                except (ValueError, TypeError, AttributeError, RecursionError) as e:
                     raise CheckpointError(f"{self.paths[0]}: {n!r} is not comfy_quant JSON ({e})") from None
         for layer, fmt in fmts.items():
             if fmt and fmt not in _FLOAT8_FORMATS:

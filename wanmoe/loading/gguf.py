@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from wanmoe.errors import CheckpointError
+from wanmoe.loading.gguf_walk import check_orig_shape
 from wanmoe.loading.sources import TensorSource
 from wanmoe.runtime.quant.gguf_dequant import (
     FLOAT_DTYPES, FLOAT_TYPES, QUANT_SIZES, SUPPORTED_TYPES, GGUFWeight, dequantize, row_bytes)
@@ -77,12 +78,20 @@ def _check_tensor(path, name, raw_type, dims, start, file_size, gguf) -> None:
             f"has only {file_size} bytes; the file is truncated (re-download it)")
 
 
+def _walk_header(path: Path, gguf):
+    """`gguf_walk.walk` with the ggml types wanmoe can read (id -> name, block, block bytes)."""
+    from wanmoe.loading.gguf_walk import walk
+
+    sizes = {int(gguf.GGMLQuantizationType[q]): (q, *QUANT_SIZES[q]) for q in SUPPORTED_TYPES}
+    return walk(path, sizes, {int(t): t.name for t in gguf.GGMLQuantizationType})
+
+
 def _torch_shape(path, name: str, dims, meta: dict) -> tuple[int, ...]:
     """GGUF dims (innermost first) -> torch shape, with the Wan shape restorations."""
     shape = tuple(int(d) for d in reversed(list(dims)))
     override = meta.get(_ORIG_SHAPE_KEY + name)
     if override is not None:
-        orig = tuple(int(d) for d in override)
+        orig = check_orig_shape(path, name, override)
         if math.prod(orig) != math.prod(shape):
             raise CheckpointError(f"{path}: tensor {name!r} has {math.prod(shape)} elements but its "
                                   f"{_ORIG_SHAPE_KEY}{name} entry says shape {list(orig)}")
@@ -101,6 +110,7 @@ class GGUFSource(TensorSource):
         if not self.path.is_file():
             raise CheckpointError(f"GGUF file {self.path} does not exist")
         gguf = _gguf()
+        _walk_header(self.path, gguf)  # bounded checks before the gguf reader trusts any count
         try:
             self._reader = _checked_reader_cls(gguf)(str(self.path))
         except CheckpointError:

@@ -14,10 +14,8 @@ the loaded weights plus the largest source tensor.
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +30,6 @@ ST_DTYPES: dict[str, torch.dtype] = {
     "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2, "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
 }
-_MAX_HEADER = 100 * 1024 * 1024  # the safetensors format itself caps headers at 100 MB
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:
@@ -187,33 +184,9 @@ class SafetensorsFile(TensorSource):
 
 def _read_st_header(path: Path) -> tuple[dict, int]:
     """Parse and validate a safetensors header: (header dict, byte offset of the data block)."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} does not exist")
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path} is not a safetensors file: only {size} bytes long")
-        (n,) = struct.unpack("<Q", head)
-        if n > _MAX_HEADER or 8 + n > size:
-            raise CheckpointError(f"{path} is truncated or not a safetensors file: the header says "
-                                  f"{n} header bytes but the file has {size} bytes")
-        try:
-            header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e})") from None
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(info, dict) or info.get("dtype") not in ST_DTYPES or "data_offsets" not in info:
-            raise CheckpointError(f"{path}: tensor {name!r} has an unsupported or broken header entry {info!r}; "
-                                  f"expected data_offsets and a dtype in {sorted(ST_DTYPES)}")
-        end = max(end, info["data_offsets"][1])
-    if 8 + n + end > size:
-        raise CheckpointError(f"{path} is truncated: its tensors need {8 + n + end} bytes "
-                              f"but the file has {size} bytes (re-download it)")
-    return header, 8 + n
+    from wanmoe.loading.safetensors_header import read_header  # every check lives there
+
+    return read_header(path)
 
 
 class ShardedSafetensors(TensorSource):
@@ -221,11 +194,10 @@ class ShardedSafetensors(TensorSource):
 
     def __init__(self, index_path: str | Path) -> None:
         index_path = Path(index_path)
-        try:
-            index = json.loads(index_path.read_text())
-            weight_map: dict[str, str] = index["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index_path} is not a readable safetensors index ({e!r})") from None
+        from wanmoe.loading.json_files import check_index, read_object
+
+        index = read_object(index_path, "safetensors index")
+        weight_map: dict[str, str] = check_index(index_path, index)
         shard_names = sorted(set(weight_map.values()))
         missing = [s for s in shard_names if not (index_path.parent / s).is_file()]
         if missing:
@@ -320,14 +292,6 @@ class PickleSource(TensorSource):
 
 
 def _torch_load(path: Path):
-    try:
-        return torch.load(path, mmap=True, weights_only=True, map_location="cpu")
-    except RuntimeError as e:
-        if "mmap" in str(e) and "zipfile" in str(e):  # legacy (pre-1.6) format cannot be mapped
-            try:
-                return torch.load(path, weights_only=True, map_location="cpu")
-            except (RuntimeError, EOFError, OSError) as e2:
-                raise CheckpointError(f"{path} cannot be read as a torch checkpoint: {e2}") from None
-        raise CheckpointError(f"{path} is truncated or not a torch checkpoint: {e}") from None
-    except (EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
-        raise CheckpointError(f"{path} is truncated or not a weights-only torch checkpoint: {e!r}") from None
+    from wanmoe.loading.pth_guard import load_weights_only  # one-line errors for any bad file
+
+    return load_weights_only(path)

@@ -10,7 +10,9 @@ id 0 (`<pad>`); the mask is 1 on the real tokens and the EOS.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import warnings
 from pathlib import Path
 
@@ -86,7 +88,35 @@ class PromptTokenizer:
         self.tokenizer.save(str(path))
 
 
+@contextlib.contextmanager
+def _rust_panics_as_errors(path: Path):
+    """A malformed tokenizer.json can make the Rust `tokenizers` code panic while loading or on
+    the probe encode; pyo3 raises that as `PanicException`, a BaseException, after printing a
+    Rust backtrace on fd 2. Here it becomes one CheckpointError line, and fd 2 is kept quiet."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    except BaseException as e:  # noqa: BLE001 (re-raised unless it is a Rust panic)
+        if type(e).__name__ != "PanicException":
+            raise
+        msg = str(e).splitlines()[0] if str(e) else "panic"
+        raise CheckpointError(f"tokenizer {path} is malformed (the tokenizers library failed: "
+                              f"{msg})") from None
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def load_tokenizer(path: str | Path, text_len: int = 512) -> PromptTokenizer:
+    """Load a umT5 tokenizer from a `tokenizer.json` file or a folder holding one (see
+    `_load_tokenizer`); any failure of a malformed file is one CheckpointError line."""
+    with _rust_panics_as_errors(Path(path)):
+        return _load_tokenizer(path, text_len)
+
+
+def _load_tokenizer(path: str | Path, text_len: int = 512) -> PromptTokenizer:
     """Load a umT5 tokenizer from a `tokenizer.json` file or a folder holding one.
 
     Folders: `<ckpt>/google/umt5-xxl`, a diffusers `tokenizer/`, a wanmoe folder. A folder with only
