@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import InputError, WanmoeError
 from .runtime.attention import BACKENDS as ATTENTION_BACKENDS
-from .runtime.config import LoRAMode, OffloadMode, WeightMode
+from .runtime.config import LoRAMode, WeightMode
 from .sampling import PRESETS, SOLVERS
 
 # name -> (module providing register_cli(subparsers), one-line help shown in `wanmoe --help`)
@@ -72,9 +72,10 @@ def _add_generate(sub) -> None:
     r.add_argument("--dtype", choices=["bf16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
     r.add_argument("--weights", choices=[m.value for m in WeightMode if m is not WeightMode.DEFAULT],
                    help="DiT weight storage (default: as --dtype needs; keep = as stored, e.g. GGUF)")
-    r.add_argument("--offload", nargs="?", const="expert", choices=[m.value for m in OffloadMode],
-                   help="expert = keep only the active expert on the GPU (bare --offload); none; "
-                        "auto (default: expert when all experts take more than half the GPU)")
+    r.add_argument("--offload", nargs="?", const="expert", metavar="MODE",
+                   help="expert = keep only the active expert on the GPU (bare --offload); "
+                        "blocks[:N] = stream DiT blocks from host memory, N on the GPU (default 2); "
+                        "none; auto (default: expert when all experts take more than half the GPU)")
     r.add_argument("--no-offload", dest="offload", action="store_const", const="none",
                    help="same as --offload none")
     r.add_argument("--attention", default="auto", choices=list(ATTENTION_BACKENDS),

@@ -2,7 +2,7 @@
 
 A placement policy is an object with `activate(expert)` (called before the first step of each
 expert's stage) and `release()` (after the loop). The pipeline calls them and knows nothing
-else about memory; block streaming (later) is one more policy of the same shape.
+else about memory; block streaming (runtime/streaming.py) is one more policy of the same shape.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def choose_offload(mode: OffloadMode, preset: ModelPreset, device: torch.device,
     """The documented rule: an explicit mode wins (a CPU never offloads); AUTO offloads on CUDA
     when the experts' weights take more than OFFLOAD_FRACTION of the GPU's memory."""
     mode = OffloadMode(mode)
+    if mode is OffloadMode.BLOCKS:  # explicit streaming runs on a CPU too (the testable path)
+        return True
     if device.type != "cuda":
         return False
     if mode is not OffloadMode.AUTO:
@@ -71,6 +73,17 @@ def choose_offload(mode: OffloadMode, preset: ModelPreset, device: torch.device,
     return dit_bytes(preset, dtype, weights) > OFFLOAD_FRACTION * total
 
 
-def placement_for(offload: bool, experts: dict[str, nn.Module], device: torch.device):
-    """The placement policy object for a loaded pipeline."""
+def placement_for(offload: bool, experts: dict[str, nn.Module], device: torch.device,
+                  blocks: int | None = None):
+    """The placement policy object for a loaded pipeline; `blocks`: stream blocks with that
+    many resident on the device (runtime.streaming) instead of swapping whole experts."""
+    if offload and blocks is not None:
+        from wanmoe.runtime.streaming import BlockStreaming
+
+        return BlockStreaming(experts, device, blocks)
     return ExpertOffload(experts, device) if offload else Resident()
+
+
+def streamed_blocks(rt) -> int | None:
+    """Resident block count when `rt` (a RuntimeConfig) streams blocks, else None."""
+    return rt.resident_blocks if rt.offload is OffloadMode.BLOCKS else None
