@@ -23,6 +23,7 @@ OPTIONAL_COMMANDS = {
     "inspect": ("wanmoe.loading.inspect", "show what a checkpoint file or folder is (format, dims, dtypes)"),
     "convert": ("wanmoe.convert", "convert a checkpoint between layouts"),
     "train": ("wanmoe.training.cli", "train the tiny demo model"),
+    "plan": ("wanmoe.plan", "predict memory and speed of each weight format / offload mode on a GPU"),
 }
 
 

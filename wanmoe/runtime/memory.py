@@ -20,6 +20,7 @@ its evidence are in docs/memory.md; in short, with u = B * L * d bytes-per-eleme
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 
@@ -93,6 +94,7 @@ def _block_type(name: str, fmt: str) -> str | None:
     return up if (".v." in name or name.endswith("ffn.2.weight")) else base
 
 
+@lru_cache(maxsize=64)  # pure function of frozen values; the planner asks it many times
 def expert_bytes(preset: ModelPreset, fmt: str, dtype: torch.dtype = torch.bfloat16) -> tuple[int, int]:
     """(non-block bytes, bytes of one block) of one expert resident in format `fmt`."""
     cfg = preset.dit
@@ -124,12 +126,14 @@ def _params(module_fn) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
+@lru_cache(maxsize=16)
 def text_encoder_bytes(preset: ModelPreset, dtype: torch.dtype) -> int:
     from wanmoe.text.umt5 import UMT5Encoder
 
     return _params(lambda: UMT5Encoder(preset.t5)) * dtype.itemsize
 
 
+@lru_cache(maxsize=16)
 def vae_bytes(preset: ModelPreset) -> int:
     from wanmoe.vae import build_vae
 
