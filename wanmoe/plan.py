@@ -117,13 +117,13 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def devices_table(preset, frames, steps) -> str:
-    """Every built-in device at 480P and 720P with its fastest setting that fits."""
+def devices_table(preset, frames, steps, ram=None) -> str:
+    """Every built-in device at 480P and 720P with its fastest setting that fits (`ram`: host RAM)."""
     lines = [f"{'device':<22} {'VRAM':>5}  {'480P best':<38} {'720P best':<38}"]
     for dev in DEVICES.values():
         cells = []
         for w, h in SIZES.values():
-            b = best(plan_rows(preset, w, h, frames, steps, dev.vram_bytes, None, dev))
+            b = best(plan_rows(preset, w, h, frames, steps, dev.vram_bytes, ram, dev))
             cells.append("does not fit" if b is None else
                          f"{b['weights']} {b['offload']}{' ' + b['flags'] if b['flags'] else ''}"
                          f" {_secs(b['seconds_total'])} s")
@@ -160,14 +160,14 @@ def _cmd_plan(args) -> int:
 
     preset = _preset(args.model)
     req = settings_for(preset, size=args.size, frames=args.frames, steps=args.steps, seed=0)
+    ram = parse_bytes(args.ram, "--ram") if args.ram else None
     if args.devices:
-        print(devices_table(preset, req.frames, req.steps))
+        print(devices_table(preset, req.frames, req.steps, ram))
         return 0
     if args.gpu and args.vram:
         raise InputError("give --gpu or --vram, not both")
     device = find_device(args.gpu) if args.gpu else None
     vram = device.vram_bytes if device else (parse_bytes(args.vram, "--vram") if args.vram else None)
-    ram = parse_bytes(args.ram, "--ram") if args.ram else None
     rows = plan_rows(preset, req.width, req.height, req.frames, req.steps, vram, ram, device,
                      args.batched_cfg)
     request = {"size": f"{req.width}*{req.height}", "frames": req.frames, "steps": req.steps,
