@@ -155,6 +155,15 @@ def _cmd_generate(args) -> int:
                             boundary=args.boundary, boundary_snr=args.boundary_snr,
                             seed=args.seed, **_sampling_values(args))
     loras = lora_plan(spec.preset, args.lora, args.lora_high, args.lora_low)
+    if rt.device.type == "cuda":  # refuse what the memory model says cannot fit (docs/memory.md)
+        import torch
+
+        from .plan import memory_preflight
+
+        memory_preflight(spec.preset, rt, settings, torch.cuda.get_device_properties(rt.device).total_memory,
+                         None if tiling is None else (tiling.tile_latent_h, tiling.tile_latent_w,
+                                                       tiling.overlap_latent),
+                         spec.experts.values())
     print(f"model: {spec.preset.name} ({spec.layout}) | size {settings.width}*{settings.height} | "
           f"{settings.frames} frames | {settings.steps} steps | solver {settings.solver} | "
           f"seed {settings.seed}", file=sys.stderr)

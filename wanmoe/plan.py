@@ -185,3 +185,47 @@ def _cmd_plan(args) -> int:
     if b is not None:
         print(f"best: --weights {b['weights']} --offload {b['offload']} {b['flags']}".rstrip())
     return 0
+
+
+# ---- pre-flight (the generate command, before any weight is read) -------------------------
+
+def weight_format(rt, expert_files=()) -> str | None:
+    """The planner's format name for a RuntimeConfig; None when the files decide (GGUF, kept fp8)."""
+    from .runtime.config import WeightMode
+
+    if any(str(f).lower().endswith(".gguf") for f in expert_files) or rt.weights is WeightMode.KEEP:
+        return None
+    if rt.weights in (WeightMode.FP8, WeightMode.INT8, WeightMode.BF16):
+        return rt.weights.value
+    return "bf16" if rt.dtype == torch.bfloat16 else "fp32"
+
+
+def memory_preflight(preset, rt, settings, vram: int, tile=None, expert_files=()) -> None:
+    """Refuse (InputError, one line) a run the memory model says cannot fit `vram` bytes.
+
+    Checked: explicit offload modes with a known weight format; `auto` and GGUF / kept files
+    are not checked (their choice or size is made later). The message names the predicted
+    peak, the card's memory and the nearest setting that fits.
+    """
+    from .runtime.config import OffloadMode
+
+    fmt = weight_format(rt, expert_files)
+    if fmt is None or rt.offload is OffloadMode.AUTO:
+        return
+    req = MemoryRequest(preset, settings.width, settings.height, settings.frames, fmt,
+                        rt.offload.value, rt.resident_blocks, rt.dtype, rt.per_token_time,
+                        rt.batched_cfg, tile, rt.text_device is None or rt.text_device.type != "cpu")
+    pred = predict(req)
+    ok, reason = fits(pred, vram)
+    if ok:
+        return
+    rows = plan_rows(preset, settings.width, settings.height, settings.frames, settings.steps,
+                     vram, None, None, rt.batched_cfg, rt.dtype)
+    same = [r for r in rows if r["fits"] and r["weights"] == fmt]
+    near = (same or [r for r in rows if r["fits"]] or [None])[0]
+    hint = "no weight format / offload mode fits; use a smaller --size or fewer --frames" if near is None \
+        else f"nearest that fits: --weights {near['weights']} --offload {near['offload']}" \
+             f"{' ' + near['flags'] if near['flags'] else ''} ({_gb(near['vram_peak_bytes'])} GB)"
+    offload = f"blocks:{rt.resident_blocks}" if rt.offload is OffloadMode.BLOCKS else rt.offload.value
+    raise InputError(f"--weights {fmt} --offload {offload} at {settings.width}*{settings.height}, "
+                     f"{settings.frames} frames {reason}; {hint} (`wanmoe plan` shows all)")

@@ -58,3 +58,23 @@ def test_devices_table_lists_every_device(capsys):
     out = capsys.readouterr().out
     assert all(name in out for name in DEVICES)
     assert "H200 141G" in out.splitlines()[-1] and "bf16 none" in out.splitlines()[-1]
+
+
+def test_memory_preflight_refuses_with_numbers_and_the_nearest_setting():
+    import torch
+
+    from wanmoe.configs import T2V_A14B
+    from wanmoe.plan import memory_preflight
+    from wanmoe.request import runtime_config
+    from wanmoe.validate import settings_for
+
+    settings = settings_for(T2V_A14B, size="832*480", seed=0)
+    rt = runtime_config("cpu", "bf16", offload="none")
+    with pytest.raises(InputError) as err:
+        memory_preflight(T2V_A14B, rt, settings, 24 * 2**30)
+    msg = str(err.value)
+    assert "--weights bf16 --offload none" in msg and "GB VRAM" in msg
+    assert "nearest that fits: --weights bf16 --offload blocks:2" in msg and "\n" not in msg
+    memory_preflight(T2V_A14B, runtime_config("cpu", "bf16", offload="blocks:2"), settings, 24 * 2**30)
+    # GGUF files and auto are decided later: not checked here
+    memory_preflight(T2V_A14B, rt, settings, 2**30, expert_files=["high.gguf"])
