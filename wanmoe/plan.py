@@ -21,7 +21,8 @@ import torch
 from .configs import PRESETS, DiTConfig
 from .errors import InputError
 from .runtime.devices import DEVICES, Device, find_device, parse_bytes
-from .runtime.memory import (OFFLOAD_MODES, WEIGHT_FORMATS, MemoryRequest, fits, predict)
+from .runtime.memory import (OFFLOAD_MODES, WEIGHT_FORMATS, MemoryRequest, fits, predict,
+                             weight_format)
 
 MFU = 0.5  # share of the dense bf16 rate a DiT forward achieves (an assumption)
 SIZES = {"480P": (832, 480), "720P": (1280, 720)}
@@ -188,17 +189,6 @@ def _cmd_plan(args) -> int:
 
 
 # ---- pre-flight (the generate command, before any weight is read) -------------------------
-
-def weight_format(rt, expert_files=()) -> str | None:
-    """The planner's format name for a RuntimeConfig; None when the files decide (GGUF, kept fp8)."""
-    from .runtime.config import WeightMode
-
-    if any(str(f).lower().endswith(".gguf") for f in expert_files) or rt.weights is WeightMode.KEEP:
-        return None
-    if rt.weights in (WeightMode.FP8, WeightMode.INT8, WeightMode.BF16):
-        return rt.weights.value
-    return "bf16" if rt.dtype == torch.bfloat16 else "fp32"
-
 
 def memory_preflight(preset, rt, settings, vram: int, tile=None, expert_files=()) -> None:
     """Refuse (InputError, one line) a run the memory model says cannot fit `vram` bytes.

@@ -140,3 +140,23 @@ def test_cpu_forward_peak_matches_the_prediction():
     measured, predicted = map(int, out.stdout.split())
     print(f"CPU forward: measured peak RSS growth {measured} B, predicted {predicted} B")
     assert abs(measured - predicted) / predicted < 0.25, (measured, predicted)
+
+
+def test_auto_offload_picks_the_first_mode_that_fits():
+    from wanmoe.runtime.memory import auto_offload
+
+    gib = 2**30
+    # both bf16 A14B experts (57.9 GB) + 720P activations + umT5 fit 141 GB, not 80 GB
+    assert auto_offload(T2V_A14B, 141 * gib, torch.bfloat16, "bf16") == ("none", 2)
+    assert auto_offload(T2V_A14B, 80 * gib, torch.bfloat16, "bf16") == ("expert", 2)
+    assert auto_offload(T2V_A14B, 80 * gib, torch.bfloat16, "fp8") == ("none", 2)
+    assert auto_offload(T2V_A14B, 24 * gib, torch.bfloat16, "bf16", 3) == ("blocks", 3)
+
+
+def test_resolve_offload_on_cpu_follows_the_explicit_mode():
+    from wanmoe.request import runtime_config
+    from wanmoe.runtime.offload import resolve_offload
+
+    assert resolve_offload(runtime_config("cpu", offload="blocks:3"), T2V_A14B) == (True, 3)
+    assert resolve_offload(runtime_config("cpu", offload="expert"), T2V_A14B) == (False, None)
+    assert resolve_offload(runtime_config("cpu"), T2V_A14B) == (False, None)

@@ -236,9 +236,37 @@ def fits(pred: MemoryPrediction, vram: int, ram: int | None = None) -> tuple[boo
     return True, f"{need / 1e9:.1f} GB VRAM, {pred.ram_peak / 1e9:.1f} GB RAM"
 
 
+def weight_format(rt, expert_files=()) -> str | None:
+    """The planner's format name for a RuntimeConfig; None when the files decide (GGUF, kept fp8)."""
+    from wanmoe.runtime.config import WeightMode
+
+    if any(str(f).lower().endswith(".gguf") for f in expert_files) or rt.weights is WeightMode.KEEP:
+        return None
+    if rt.weights in (WeightMode.FP8, WeightMode.INT8, WeightMode.BF16):
+        return rt.weights.value
+    return "bf16" if rt.dtype == torch.bfloat16 else "fp32"
+
+
+AUTO_HEADROOM = 0.9  # auto plans for 90 % of the card: allocator slack, fragmentation, other users
+
+
+def auto_offload(preset: ModelPreset, vram: int, dtype: torch.dtype, weights: str | None,
+                 resident_blocks: int = 2, text_on_device: bool = True) -> tuple[str, int]:
+    """`--offload auto`: the first of none, expert, blocks:N that fits AUTO_HEADROOM x `vram` at
+    the preset's default size and frame count (untiled decode); blocks when none does. An
+    unknown format (GGUF / kept files) is planned as Q8_0, the largest GGUF in common use."""
+    w, h = preset.size
+    for mode in OFFLOAD_MODES:
+        req = MemoryRequest(preset, w, h, preset.frames, weights or "Q8_0", mode, resident_blocks,
+                            dtype, text_on_device=text_on_device)
+        if fits(predict(req), int(AUTO_HEADROOM * vram))[0]:
+            return mode, resident_blocks
+    return "blocks", resident_blocks
+
+
 def tokens_for(preset: ModelPreset, width: int, height: int, frames: int) -> int:
     return MemoryRequest(preset, width, height, frames).tokens
 
 
-__all__ = ["MemoryRequest", "MemoryPrediction", "predict", "fits", "dit_activation_bytes",
+__all__ = ["weight_format", "auto_offload", "MemoryRequest", "MemoryPrediction", "predict", "fits", "dit_activation_bytes",
            "expert_bytes", "gguf_bits_per_weight", "WEIGHT_FORMATS", "OFFLOAD_MODES"]

@@ -84,6 +84,23 @@ def placement_for(offload: bool, experts: dict[str, nn.Module], device: torch.de
     return ExpertOffload(experts, device) if offload else Resident()
 
 
+def resolve_offload(rt, preset: ModelPreset, expert_files=()) -> tuple[bool, int | None]:
+    """(experts live on the host, resident block count when streaming) for a RuntimeConfig.
+
+    `auto` on CUDA asks the memory model (runtime.memory.auto_offload): the first of none,
+    expert, blocks:2 that fits the GPU at the preset's default size; an explicit mode and a
+    CPU follow `choose_offload`."""
+    if rt.offload is OffloadMode.AUTO and rt.device.type == "cuda":
+        from wanmoe.runtime.memory import auto_offload, weight_format
+
+        total = torch.cuda.get_device_properties(rt.device).total_memory
+        on_device = rt.text_device is None or rt.text_device.type != "cpu"
+        mode, n = auto_offload(preset, total, rt.dtype, weight_format(rt, expert_files),
+                               rt.resident_blocks, on_device)
+        return mode != "none", (n if mode == "blocks" else None)
+    return choose_offload(rt.offload, preset, rt.device, rt.dtype, rt.weights), streamed_blocks(rt)
+
+
 def streamed_blocks(rt) -> int | None:
     """Resident block count when `rt` (a RuntimeConfig) streams blocks, else None."""
     return rt.resident_blocks if rt.offload is OffloadMode.BLOCKS else None
