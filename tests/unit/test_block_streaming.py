@@ -121,3 +121,27 @@ def test_offload_values_at_the_edge():
     for bad in ("blocks:0", "blocks:x", "blocks:", "layers"):
         with pytest.raises(InputError, match="blocks"):
             parse_offload(bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["bf16", "int8", "gguf"])
+def test_cuda_streaming_matches_resident_and_holds_n_blocks(fmt):
+    # The CUDA path: pinned host blocks, copies on the side stream, event ordering. Compared
+    # with the same model resident on the GPU; device memory for weights = non-block + N blocks.
+    dev = torch.device("cuda")
+    x, t, ctx = _inputs()
+    x, t, ctx = x.to(dev), t.to(dev), [c.to(dev) for c in ctx]
+    model = _model(fmt)
+    with torch.no_grad():
+        ref = model.to(dev)(x, t, ctx)
+        model.to("cpu")
+        torch.cuda.synchronize()
+        policy = BlockStreaming({"m": model}, dev, 2)
+        assert all(h.is_pinned() for hs in policy.streamers["m"].host for h in hs)
+        policy.activate("m")
+        for _ in range(2):
+            assert torch.equal(model(x, t, ctx), ref)
+        block_bytes = sum(h.numel() * h.element_size() for h in policy.streamers["m"].host[0])
+        assert policy.ring.nbytes == 2 * block_bytes
+        policy.release()
+        assert all(not p.is_cuda for p in model.parameters())
