@@ -160,3 +160,24 @@ def test_resolve_offload_on_cpu_follows_the_explicit_mode():
     assert resolve_offload(runtime_config("cpu", offload="blocks:3"), T2V_A14B) == (True, 3)
     assert resolve_offload(runtime_config("cpu", offload="expert"), T2V_A14B) == (False, None)
     assert resolve_offload(runtime_config("cpu"), T2V_A14B) == (False, None)
+
+
+@pytest.mark.parametrize("preset, size, tile", [(T2V_A14B, (832, 480), None),
+                                                (T2V_A14B, (1280, 720), (30, 52, 8)),
+                                                (TI2V_5B, (1280, 704), None)])
+def test_vae_decode_peak_matches_the_trace(preset, size, tile):
+    # The causal decode runs one latent frame at a time: 3 latent frames (9 video frames) show
+    # the steady state (21 latent frames traced the same bytes per pixel, docs/memory.md).
+    from wanmoe.runtime.memory import vae_decode_bytes
+    from wanmoe.vae import build_vae
+    from wanmoe.vae.tiling import TileSpec
+
+    w, h = size
+    _, sh, sw = preset.vae.stride
+    with torch.device("meta"):
+        vae = build_vae(preset.vae)
+        z = torch.empty(1, preset.vae.z_dim, 3, h // sh, w // sw)
+    with torch.no_grad(), LiveBytes() as trace:
+        out = vae.decode(z, tiling=None if tile is None else TileSpec(*tile))
+    predicted = vae_decode_bytes(preset, w, h, out.shape[2], tile)
+    assert abs(predicted - trace.peak) / trace.peak < 0.10, (predicted, trace.peak)

@@ -32,10 +32,9 @@ OFFLOAD_MODES = ("none", "expert", "blocks")
 ROPE_CHUNK = 4096  # models.rope._CHUNK_TOKENS: tokens rotated at a time
 PROCESS_BASE = int(1.5e9)  # host RAM of the Python process with torch (+ CUDA libraries) loaded
 CUDA_CONTEXT = int(0.6e9)  # device memory the CUDA context and kernels take before any tensor
-# VAE decode working memory per output pixel (one latent frame = 4 frames at full resolution,
-# 96 channels for the Wan2.1 VAE): scaled from the measured 16.8 GB of an untiled 720P decode
-# (issue 12), minus the 0.9 GB output video. An assumption until traced (docs/memory.md).
-VAE_BYTES_PER_PIXEL = {16: 17_260, 48: 11_500}  # z_dim 16: Wan2.1 VAE; 48: Wan2.2 VAE (2/3: 64 ch/px)
+# VAE decode working memory per output pixel of the decoded area (frame or tile): traced on the
+# meta device (tests/unit/test_memory_model.py); it does not grow with the clip length.
+VAE_BYTES_PER_PIXEL = {16: 17_250, 48: 17_470}  # z_dim 16: Wan2.1 VAE; 48: Wan2.2 VAE
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,8 @@ def weight_transient_bytes(preset: ModelPreset, fmt: str, dtype: torch.dtype) ->
 
 def vae_decode_bytes(preset: ModelPreset, width: int, height: int, frames: int,
                      tile: tuple[int, int, int] | None = None) -> int:
-    """Working memory of the chunked decode (per-pixel constant x the decoded area) + the video."""
+    """Working memory of the chunked decode (traced bytes per pixel x the frame or tile area) + the
+    float32 output video."""
     per_px = VAE_BYTES_PER_PIXEL.get(preset.vae.z_dim, VAE_BYTES_PER_PIXEL[16])
     area = width * height
     if tile is not None:
