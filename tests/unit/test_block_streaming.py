@@ -145,3 +145,24 @@ def test_cuda_streaming_matches_resident_and_holds_n_blocks(fmt):
         assert policy.ring.nbytes == 2 * block_bytes
         policy.release()
         assert all(not p.is_cuda for p in model.parameters())
+
+
+def test_a_subset_of_blocks_streams_in_order():
+    # A hook that skips blocks (step caching) hands the runner a subset: same result as running
+    # that subset resident.
+    from wanmoe.models.dit import run_blocks
+
+    model = _model("fp32")
+    x, t, ctx = _inputs()
+    keep = [model.blocks[0], model.blocks[2]]
+
+    def subset(runner):
+        return lambda blocks, h, *args: runner(keep, h, *args)
+
+    with torch.no_grad():
+        model.block_runner = subset(run_blocks)
+        ref = model(x, t, ctx)
+        model.block_runner = run_blocks
+        streamer = BlockStreamer(model, SlotRing(torch.device("cpu"), 1))
+        model.block_runner = subset(streamer._run)
+        assert torch.equal(model(x, t, ctx), ref)

@@ -122,6 +122,7 @@ class BlockStreamer:
         self.repeated = model.meta.repeated
         self.previous = model.block_runner
         self.blocks = list(getattr(model, self.repeated))
+        self.index = {id(b): i for i, b in enumerate(self.blocks)}
         pin = ring.cuda
         self.tensors = [_owned_tensors(b) for b in self.blocks]  # the model's tensor objects
         self.host = []  # per block, per tensor: its host copy (pinned on CUDA)
@@ -133,21 +134,22 @@ class BlockStreamer:
         model.block_runner = self._run
 
     def _run(self, blocks, h, *args):
-        """Same contract as `models.dit.run_blocks`; `blocks` must be this model's blocks."""
-        n, ring = len(self.blocks), self.ring
-        assert len(blocks) == n, "the streamer runs the blocks it was installed on"
-        for i in range(min(ring.n, n)):
-            ring.load(i % ring.n, self.host[i])
-        for i, block in enumerate(self.blocks):
-            s = i % ring.n
+        """Same contract as `models.dit.run_blocks`: runs `blocks` (this model's blocks, all or
+        a subset in order, e.g. from a caching hook) through the ring."""
+        order = [self.index[id(b)] for b in blocks]  # KeyError: not a block of this model
+        ring = self.ring
+        for k in range(min(ring.n, len(order))):
+            ring.load(k % ring.n, self.host[order[k]])
+        for k, i in enumerate(order):
+            s = k % ring.n
             for t, dev in zip(self.tensors[i], ring.wait_loaded(s)):
                 t.data = dev
-            h = block(h, *args)
+            h = self.blocks[i](h, *args)
             for t, host in zip(self.tensors[i], self.host[i]):
                 t.data = host
             ring.mark_free(s)
-            if i + ring.n < n:
-                ring.load(s, self.host[i + ring.n])
+            if k + ring.n < len(order):
+                ring.load(s, self.host[order[k + ring.n]])
         return h
 
     def place_non_block(self, device: torch.device) -> None:
@@ -161,8 +163,15 @@ class BlockStreamer:
 
 
 def _to_host(t: torch.Tensor, pin: bool) -> torch.Tensor:
+    """The tensor in host memory, page-locked for asynchronous copies when `pin` (if the OS
+    refuses more locked memory, it stays pageable: copies are then staged by the driver)."""
     h = t.data.to("cpu")
-    return h.pin_memory() if pin and not h.is_pinned() else h
+    if not pin or h.is_pinned():
+        return h
+    try:
+        return h.pin_memory()
+    except RuntimeError:
+        return h
 
 
 class BlockStreaming:
