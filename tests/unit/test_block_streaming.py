@@ -166,3 +166,23 @@ def test_a_subset_of_blocks_streams_in_order():
         streamer = BlockStreamer(model, SlotRing(torch.device("cpu"), 1))
         model.block_runner = subset(streamer._run)
         assert torch.equal(model(x, t, ctx), ref)
+
+
+def test_host_copies_are_packed_into_slabs():
+    from wanmoe.runtime.streaming import HostArena
+
+    arena = HostArena(pin=False, slab_bytes=4096)
+    a = arena.put(torch.arange(10, dtype=torch.float32))
+    b = arena.put(torch.ones(3, 5, dtype=torch.bfloat16))
+    c = arena.put(torch.zeros(2000, dtype=torch.float32))  # 8000 B > slab: its own allocation
+    d = arena.put(torch.full((900,), 7, dtype=torch.int32))  # 3600 B: does not fit after b
+    assert torch.equal(a, torch.arange(10, dtype=torch.float32)) and b.shape == (3, 5)
+    assert a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    assert b.data_ptr() - a.data_ptr() == 512  # 512-byte aligned
+    assert c.numel() == 2000 and d.untyped_storage().data_ptr() != a.untyped_storage().data_ptr()
+    assert len(arena.slabs) == 2 and arena.nbytes == 8192
+    model = _model("int8")
+    streamer = BlockStreamer(model, SlotRing(torch.device("cpu"), 2))
+    # every block tensor of the model lives in one of the arena's slabs
+    slabs = {s.untyped_storage().data_ptr() for s in streamer.arena.slabs}
+    assert all(t.untyped_storage().data_ptr() in slabs for ts in streamer.tensors for t in ts)
