@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import InputError, WanmoeError
 from .runtime.attention import BACKENDS as ATTENTION_BACKENDS
-from .runtime.config import LoRAMode, OffloadMode, WeightMode
+from .runtime.config import LoRAMode, WeightMode
 from .sampling import PRESETS, SOLVERS
 
 # name -> (module providing register_cli(subparsers), one-line help shown in `wanmoe --help`)
@@ -24,6 +24,7 @@ OPTIONAL_COMMANDS = {
     "inspect": ("wanmoe.loading.inspect", "show what a checkpoint file or folder is (format, dims, dtypes)"),
     "convert": ("wanmoe.convert", "convert a checkpoint between layouts"),
     "train": ("wanmoe.demo.training.cli", "train the tiny demo model"),
+    "plan": ("wanmoe.plan", "predict memory and speed of each weight format / offload mode on a GPU"),
 }
 
 
@@ -73,9 +74,10 @@ def _add_generate(sub) -> None:
     r.add_argument("--dtype", choices=["bf16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
     r.add_argument("--weights", choices=[m.value for m in WeightMode if m is not WeightMode.DEFAULT],
                    help="DiT weight storage (default: as --dtype needs; keep = as stored, e.g. GGUF)")
-    r.add_argument("--offload", nargs="?", const="expert", choices=[m.value for m in OffloadMode],
-                   help="expert = keep only the active expert on the GPU (bare --offload); none; "
-                        "auto (default: expert when all experts take more than half the GPU)")
+    r.add_argument("--offload", nargs="?", const="expert", metavar="MODE",
+                   help="expert = keep only the active expert on the GPU (bare --offload); "
+                        "blocks[:N] = stream DiT blocks from host memory, N on the GPU (default 2); "
+                        "none; auto (default: expert when all experts take more than half the GPU)")
     r.add_argument("--no-offload", dest="offload", action="store_const", const="none",
                    help="same as --offload none")
     r.add_argument("--attention", default="auto", choices=list(ATTENTION_BACKENDS),
@@ -166,6 +168,15 @@ def _cmd_generate(args) -> int:
     check_memory(spec.preset, settings.width, settings.height, settings.frames, rt.device, rt.dtype,
                  rt.batched_cfg)
     loras = lora_plan(spec.preset, args.lora, args.lora_high, args.lora_low)
+    if rt.device.type == "cuda":  # refuse what the memory model says cannot fit (docs/memory.md)
+        import torch
+
+        from .plan import memory_preflight
+
+        memory_preflight(spec.preset, rt, settings, torch.cuda.get_device_properties(rt.device).total_memory,
+                         None if tiling is None else (tiling.tile_latent_h, tiling.tile_latent_w,
+                                                       tiling.overlap_latent),
+                         spec.experts.values())
     print(f"model: {spec.preset.name} ({spec.layout}) | size {settings.width}*{settings.height} | "
           f"{settings.frames} frames | {settings.steps} steps | solver {settings.solver} | "
           f"seed {settings.seed}", file=sys.stderr)

@@ -21,7 +21,7 @@ import torch
 from .configs import OFFICIAL_NEGATIVE_PROMPT, ModelPreset
 from .errors import CheckpointError, InputError
 from .request import GenerationRequest, RuntimeConfig, runtime_config
-from .runtime.offload import Resident, choose_offload, placement_for
+from .runtime.offload import Resident, choose_offload, placement_for, resolve_offload
 from .runtime.text_placement import encoder_on
 from .validate import settings_for
 
@@ -361,7 +361,7 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
                        tokenizer=tokenizer)
     preset = spec.preset
     parsed = {name: parse_loras(preset.dit, specs) for name, specs in (loras or {}).items()}
-    off = choose_offload(rt.offload, preset, rt.device, rt.dtype, rt.weights)
+    off, blocks = resolve_offload(rt, preset, spec.experts.values())
     home = torch.device("cpu") if off else rt.device  # where weights wait between their steps
     workspace = DequantWorkspace()
     tok = load_tokenizer(spec.tokenizer, text_len=preset.t5.text_len)  # a bad one fails before the weights
@@ -372,7 +372,7 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
     text = TextEncoder(tok, t5)
     vae_model = C.load_vae(spec.vae, cfg=preset.vae, device=rt.device)
     pipe = WanPipeline(preset, experts, text, vae_model, runtime=rt,
-                       placement=placement_for(off, experts, rt.device),
+                       placement=placement_for(off, experts, rt.device, blocks),
                        source=str(spec.root or path or ""))
     pipe.load_seconds = time.perf_counter() - t0
     pipe.merged_loras = bool(parsed) and rt.lora_mode.value == "merge"  # cannot be undone

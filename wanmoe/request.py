@@ -31,7 +31,20 @@ def _choice(enum_type, value, flag: str, default):
         return enum_type(value)
     except ValueError:
         allowed = ", ".join(m.value for m in enum_type)
-        raise InputError(f"{flag} {value!r} is not one of {allowed}") from None
+        extra = ", blocks:N" if enum_type is OffloadMode else ""
+        raise InputError(f"{flag} {value!r} is not one of {allowed}{extra}") from None
+
+
+def parse_offload(value) -> tuple[OffloadMode, int]:
+    """'none' | 'expert' | 'auto' | 'blocks' | 'blocks:N' (or an OffloadMode, or the old bool)
+    -> (mode, resident blocks); N >= 1, default 2."""
+    if isinstance(value, str) and value.startswith("blocks:"):
+        n = value.partition(":")[2]
+        if not n.isdigit() or int(n) < 1:
+            raise InputError(f"offload {value!r}: the resident block count {n!r} must be a whole "
+                             f"number >= 1 (e.g. blocks:2)")
+        return OffloadMode.BLOCKS, int(n)
+    return _choice(OffloadMode, value, "offload", OffloadMode.AUTO), 2
 
 
 def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_device=None,
@@ -48,10 +61,11 @@ def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_
     for flag, value in (("batched_cfg", batched_cfg), ("per_token_time", per_token_time)):
         if not isinstance(value, bool):
             raise InputError(f"{flag} {value!r} must be True or False")
+    offload_mode, resident = parse_offload(offload)
     return RuntimeConfig(
         device=dev, dtype=dt,
         weights=_choice(WeightMode, weights, "weights", WeightMode.DEFAULT),
-        offload=_choice(OffloadMode, offload, "offload", OffloadMode.AUTO),
+        offload=offload_mode, resident_blocks=resident,
         text_device=parse_device(text_device) if text_device is not None else None,
         attention=attention, batched_cfg=batched_cfg, per_token_time=per_token_time,
         lora_mode=_choice(LoRAMode, lora_mode, "lora mode", LoRAMode.MERGE),
@@ -97,5 +111,5 @@ def lora_plan(preset: "ModelPreset", both=(), high=(), low=()) -> dict[str, list
     return {n: specs for n, specs in plan.items() if specs}
 
 
-__all__ = ["lora_plan", "parse_lora_arg", "GenerationRequest", "RuntimeConfig", "runtime_config", "WeightMode", "OffloadMode",
+__all__ = ["lora_plan", "parse_offload", "parse_lora_arg", "GenerationRequest", "RuntimeConfig", "runtime_config", "WeightMode", "OffloadMode",
            "LoRAMode"]

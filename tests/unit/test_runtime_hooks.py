@@ -75,7 +75,7 @@ def test_runtime_config_is_validated_once_at_the_edge():
     assert runtime_config("cpu").weights is WeightMode.DEFAULT
     with pytest.raises(Exception):
         rt.dtype = torch.bfloat16  # frozen
-    for kwargs, words in ((dict(weights="fp4"), "weights 'fp4'"), (dict(offload="blocks"), "offload"),
+    for kwargs, words in ((dict(weights="fp4"), "weights 'fp4'"), (dict(offload="layers"), "offload"),
                           (dict(attention="xformers"), "attention backend"),
                           (dict(batched_cfg="yes"), "batched_cfg"), (dict(dtype="fp16"), "dtype")):
         with pytest.raises(InputError, match=words):

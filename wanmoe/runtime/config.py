@@ -39,6 +39,7 @@ class OffloadMode(str, enum.Enum):
     AUTO = "auto"  # EXPERT on CUDA when all experts take more than half of the GPU, else NONE
     NONE = "none"  # every expert resident on the device
     EXPERT = "expert"  # only the active expert on the device, the others on the CPU
+    BLOCKS = "blocks"  # blocks streamed from host memory, `resident_blocks` on the device
 
 
 class LoRAMode(str, enum.Enum):
@@ -56,6 +57,7 @@ class RuntimeConfig:
     dtype: torch.dtype  # DiT compute dtype: torch.float32 or torch.bfloat16
     weights: WeightMode = WeightMode.DEFAULT
     offload: OffloadMode = OffloadMode.AUTO
+    resident_blocks: int = 2  # OffloadMode.BLOCKS: blocks on the device at once (--offload blocks:N)
     text_device: torch.device | None = None  # None: the device
     attention: str = "auto"  # a wanmoe.runtime.attention backend name
     batched_cfg: bool = False  # conditional + unconditional passes as one batch of 2

@@ -2,7 +2,7 @@
 
 A placement policy is an object with `activate(expert)` (called before the first step of each
 expert's stage) and `release()` (after the loop). The pipeline calls them and knows nothing
-else about memory; block streaming (later) is one more policy of the same shape.
+else about memory; block streaming (runtime/streaming.py) is one more policy of the same shape.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def choose_offload(mode: OffloadMode, preset: ModelPreset, device: torch.device,
     """The documented rule: an explicit mode wins (a CPU never offloads); AUTO offloads on CUDA
     when the experts' weights take more than OFFLOAD_FRACTION of the GPU's memory."""
     mode = OffloadMode(mode)
+    if mode is OffloadMode.BLOCKS:  # explicit streaming runs on a CPU too (the testable path)
+        return True
     if device.type != "cuda":
         return False
     if mode is not OffloadMode.AUTO:
@@ -71,6 +73,34 @@ def choose_offload(mode: OffloadMode, preset: ModelPreset, device: torch.device,
     return dit_bytes(preset, dtype, weights) > OFFLOAD_FRACTION * total
 
 
-def placement_for(offload: bool, experts: dict[str, nn.Module], device: torch.device):
-    """The placement policy object for a loaded pipeline."""
+def placement_for(offload: bool, experts: dict[str, nn.Module], device: torch.device,
+                  blocks: int | None = None):
+    """The placement policy object for a loaded pipeline; `blocks`: stream blocks with that
+    many resident on the device (runtime.streaming) instead of swapping whole experts."""
+    if offload and blocks is not None:
+        from wanmoe.runtime.streaming import BlockStreaming
+
+        return BlockStreaming(experts, device, blocks)
     return ExpertOffload(experts, device) if offload else Resident()
+
+
+def resolve_offload(rt, preset: ModelPreset, expert_files=()) -> tuple[bool, int | None]:
+    """(experts live on the host, resident block count when streaming) for a RuntimeConfig.
+
+    `auto` on CUDA asks the memory model (runtime.memory.auto_offload): the first of none,
+    expert, blocks:2 that fits the GPU at the preset's default size; an explicit mode and a
+    CPU follow `choose_offload`."""
+    if rt.offload is OffloadMode.AUTO and rt.device.type == "cuda":
+        from wanmoe.runtime.memory import auto_offload, weight_format
+
+        total = torch.cuda.get_device_properties(rt.device).total_memory
+        on_device = rt.text_device is None or rt.text_device.type != "cpu"
+        mode, n = auto_offload(preset, total, rt.dtype, weight_format(rt, expert_files),
+                               rt.resident_blocks, on_device)
+        return mode != "none", (n if mode == "blocks" else None)
+    return choose_offload(rt.offload, preset, rt.device, rt.dtype, rt.weights), streamed_blocks(rt)
+
+
+def streamed_blocks(rt) -> int | None:
+    """Resident block count when `rt` (a RuntimeConfig) streams blocks, else None."""
+    return rt.resident_blocks if rt.offload is OffloadMode.BLOCKS else None
