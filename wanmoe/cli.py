@@ -90,6 +90,9 @@ def _add_generate(sub) -> None:
                    help="embed the timestep for every token like the official code (bit-exact to "
                    "it in bf16; costs an fp32 [L, 6, dim] tensor per sample, 9.3 GB at A14B 720P)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .parallel.launch import add_cli_flags
+
+    add_cli_flags(p.add_argument_group("multi-GPU (launch with torchrun; docs/multi-gpu.md)"))
     o = p.add_argument_group("output")
     o.add_argument("--out", default="out.mp4", help="MP4 file to write (default: out.mp4)")
     o.add_argument("--save-latents", metavar="FILE.safetensors",
@@ -134,7 +137,18 @@ def _sampling_values(args) -> dict:
 
 
 def _cmd_generate(args) -> int:
+    from .parallel.setup import shutdown
+
+    try:
+        return _generate(args)
+    finally:
+        shutdown()  # the process group of a torchrun job, if one was started
+
+
+def _generate(args) -> int:
     from . import pipeline as P
+    from .parallel.launch import parallel_runtime
+    from .parallel.setup import shared_seed
     from .request import lora_plan, runtime_config
     from .validate import parse_vae_tile, settings_for
 
@@ -149,19 +163,27 @@ def _cmd_generate(args) -> int:
     strip_path = _check_out(args.save_strip, ".png", "--save-strip")
     spec = P.resolve(args.ckpt_dir, high=args.high, low=args.low, vae=args.vae,
                      text_encoder=args.text_encoder, tokenizer=args.tokenizer)  # headers only
+    rt, plan = parallel_runtime(rt, spec.preset.dit.num_heads, ulysses=args.ulysses,
+                                cfg=args.cfg_parallel, fsdp=args.fsdp)
+    main = plan is None or plan.is_main  # rank 0 writes outputs and shows progress
+    seed = args.seed if plan is None else shared_seed(args.seed, plan, rt.device)
     settings = settings_for(spec.preset, size=args.size, frames=args.frames,
                             boundary=args.boundary, boundary_snr=args.boundary_snr,
-                            seed=args.seed, **_sampling_values(args))
+                            seed=seed, **_sampling_values(args))
     loras = lora_plan(spec.preset, args.lora, args.lora_high, args.lora_low)
-    print(f"model: {spec.preset.name} ({spec.layout}) | size {settings.width}*{settings.height} | "
-          f"{settings.frames} frames | {settings.steps} steps | solver {settings.solver} | "
-          f"seed {settings.seed}", file=sys.stderr)
+    if main:
+        print(f"model: {spec.preset.name} ({spec.layout}) | size {settings.width}*{settings.height} | "
+              f"{settings.frames} frames | {settings.steps} steps | solver {settings.solver} | "
+              f"seed {settings.seed}" + (f" | {plan.world_size} processes" if plan else ""),
+              file=sys.stderr)
     for p in (out, latents_path, strip_path):
-        if p is not None:
+        if p is not None and main:
             p.parent.mkdir(parents=True, exist_ok=True)  # only now that every value is valid
     pipe = P.load_pipeline(spec=spec, runtime=rt, loras=loras)
     result = pipe.generate(prompt, args.negative_prompt, settings=settings,
-                           progress=not args.quiet, vae_tiling=tiling)
+                           progress=not args.quiet and main, vae_tiling=tiling, decode=main)
+    if not main:
+        return 0
     t0 = time.perf_counter()
     from .video import save_latents, save_png_strip, write_mp4
 
@@ -228,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except WanmoeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from .parallel.plan import env_rank
+
+        if env_rank() == 0:  # in a torchrun job every rank fails alike: say it once
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -127,6 +127,7 @@ class WanPipeline:
         self.source = source
         self.load_seconds = 0.0
         self.merged_loras = False  # True when LoRAs were merged into the weights at load
+        self.parallel_groups = None  # wanmoe.parallel.setup.ParallelGroups when runtime.parallel
 
     @property
     def device(self) -> torch.device:
@@ -192,7 +193,12 @@ class WanPipeline:
             model.set_compute_dtype(self.dtype)
         self.placement.activate(schedule.select(solver.timesteps[0]).expert)
         batched = self.runtime.batched_cfg if batched_cfg is None else bool(batched_cfg)
-        denoiser = CFGDenoiser(self.experts, cond, uncond, batched=batched)
+        if self.parallel_groups is not None:  # CFG parallel when the plan says so
+            from .parallel.setup import make_denoiser
+
+            denoiser = make_denoiser(self.experts, cond, uncond, self.parallel_groups, batched)
+        else:
+            denoiser = CFGDenoiser(self.experts, cond, uncond, batched=batched)
         bar = _StepBar(settings.steps, progress)
         try:
             x = denoise(noise, solver, schedule, denoiser, progress=bar,
@@ -213,8 +219,12 @@ class WanPipeline:
     def generate(self, prompt: str, negative_prompt: str | None = None, size=None, frames=None,
                  steps=None, shift=None, guide_scale=None, boundary=None, solver="unipc",
                  seed=-1, batched_cfg=None, progress=True, *, boundary_snr=None,
-                 settings: GenerationRequest | None = None, vae_tiling=None) -> GenerationResult:
-        """Text -> video. Unset values are the preset's official defaults (spec §1.2)."""
+                 settings: GenerationRequest | None = None, vae_tiling=None,
+                 decode: bool = True) -> GenerationResult:
+        """Text -> video. Unset values are the preset's official defaults (spec §1.2).
+
+        decode=False skips the VAE (frames is then an empty tensor): the non-zero ranks of a
+        multi-process run, which write nothing."""
         from .errors import InputError
         from .sampling.noise import initial_noise
 
@@ -234,7 +244,8 @@ class WanPipeline:
             latents, used = self.sample(noise, cond, uncond, settings,
                                         batched_cfg=batched_cfg, progress=progress)
         with _timed(timings, "vae_decode", self.device):
-            video = self.decode(latents, vae_tiling)
+            video = self.decode(latents, vae_tiling) if decode else \
+                torch.empty(0, 0, 0, 3, dtype=torch.uint8)
         timings["total"] = sum(timings.values())
         return GenerationResult(frames=video, latents=latents.float().cpu(), fps=self.preset.fps,
                                 seed=settings.seed, settings=settings, timings=timings,
@@ -364,6 +375,11 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
     pipe = WanPipeline(preset, experts, text, vae_model, runtime=rt,
                        placement=placement_for(off, experts, rt.device),
                        source=str(spec.root or path or ""))
+    if rt.parallel is not None:  # multi-process plan: rank groups, then hooks on every expert
+        from .parallel.setup import ParallelGroups, apply_plan
+
+        pipe.parallel_groups = ParallelGroups.build(rt.parallel)
+        apply_plan(experts, rt.parallel, pipe.parallel_groups)
     pipe.load_seconds = time.perf_counter() - t0
     pipe.merged_loras = bool(parsed) and rt.lora_mode.value == "merge"  # cannot be undone
     return pipe
