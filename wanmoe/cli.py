@@ -41,6 +41,10 @@ def _add_generate(sub) -> None:
     src.add_argument("--tokenizer", help="tokenizer.json or folder (google/umt5-xxl)")
     g = p.add_argument_group("generation (defaults: the model's official values)")
     g.add_argument("--prompt", help="the prompt")
+    g.add_argument("--prompts", metavar="FILE",
+                   help="a text file with one prompt per line: one video each, seeds SEED, "
+                        "SEED+1, ..., outputs OUT_000.mp4, OUT_001.mp4, ... (pipelined over the "
+                        "experts with --expert-parallel)")
     g.add_argument("--negative-prompt", help="default: the official negative prompt")
     g.add_argument("--size", help="WIDTH*HEIGHT (or WIDTHxHEIGHT), e.g. 1280*720")
     g.add_argument("--frames", type=int, help="pixel frames, 4n+1 (A14B 81, TI2V-5B 121)")
@@ -101,6 +105,22 @@ def _add_generate(sub) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
+def _prompts(args) -> list[str]:
+    """The prompts of this run: one from PROMPT / --prompt, or every non-empty line of --prompts."""
+    if not args.prompts:
+        return [_prompt(args)]
+    if args.prompt or args.prompt_text:
+        raise InputError("give the prompt either as PROMPT / --prompt or in --prompts FILE, not both")
+    try:
+        lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise InputError(f"--prompts {args.prompts!r} cannot be read ({e.strerror})") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise InputError(f"--prompts {args.prompts!r} holds no prompt; write one prompt per line")
+    return prompts
+
+
 def _prompt(args) -> str:
     if args.prompt and args.prompt_text:
         raise InputError("the prompt was given twice (positional and --prompt); give it once")
@@ -152,7 +172,7 @@ def _generate(args) -> int:
     from .request import lora_plan, runtime_config
     from .validate import parse_vae_tile, settings_for
 
-    prompt = _prompt(args)
+    prompts = _prompts(args)
     rt = runtime_config(args.device, args.dtype, weights=args.weights, offload=args.offload,
                         text_device="cpu" if args.t5_cpu else None, attention=args.attention,
                         batched_cfg=args.batched_cfg, per_token_time=args.per_token_time,
@@ -163,8 +183,9 @@ def _generate(args) -> int:
     strip_path = _check_out(args.save_strip, ".png", "--save-strip")
     spec = P.resolve(args.ckpt_dir, high=args.high, low=args.low, vae=args.vae,
                      text_encoder=args.text_encoder, tokenizer=args.tokenizer)  # headers only
-    rt, plan = parallel_runtime(rt, spec.preset.dit.num_heads, ulysses=args.ulysses,
-                                cfg=args.cfg_parallel, fsdp=args.fsdp)
+    rt, plan = parallel_runtime(rt, spec.preset.dit.num_heads, len(spec.preset.experts),
+                                ulysses=args.ulysses, cfg=args.cfg_parallel, fsdp=args.fsdp,
+                                expert=args.expert_parallel)
     main = plan is None or plan.is_main  # rank 0 writes outputs and shows progress
     seed = args.seed if plan is None else shared_seed(args.seed, plan, rt.device)
     settings = settings_for(spec.preset, size=args.size, frames=args.frames,
@@ -180,7 +201,12 @@ def _generate(args) -> int:
         if p is not None and main:
             p.parent.mkdir(parents=True, exist_ok=True)  # only now that every value is valid
     pipe = P.load_pipeline(spec=spec, runtime=rt, loras=loras)
-    result = pipe.generate(prompt, args.negative_prompt, settings=settings,
+    if len(prompts) > 1 or (plan is not None and plan.expert):
+        from .parallel.expert import generate_many
+
+        return generate_many(pipe, prompts, settings, args.negative_prompt, plan=plan, out=out,
+                             latents_path=latents_path, tiling=tiling, progress=not args.quiet)
+    result = pipe.generate(prompts[0], args.negative_prompt, settings=settings,
                            progress=not args.quiet and main, vae_tiling=tiling, decode=main)
     if not main:
         return 0

@@ -30,13 +30,17 @@ def add_cli_flags(group) -> None:
                             "(N = 2 x U processes)")
     group.add_argument("--fsdp", action="store_true",
                        help="shard every DiT block over all processes (FSDP2 fully_shard)")
+    group.add_argument("--expert-parallel", action="store_true",
+                       help="one process per MoE expert; with --prompts the videos are pipelined "
+                            "(video k's low-noise steps while video k+1's high-noise steps run)")
 
 
-def parallel_runtime(rt: RuntimeConfig, num_heads: int, *, ulysses: int = 1, cfg: bool = False,
-                     fsdp: bool = False, env=None) -> tuple[RuntimeConfig, ParallelPlan | None]:
+def parallel_runtime(rt: RuntimeConfig, num_heads: int, num_experts: int = 1, *,
+                     ulysses: int = 1, cfg: bool = False, fsdp: bool = False,
+                     expert: bool = False, env=None) -> tuple[RuntimeConfig, ParallelPlan | None]:
     """Validate the plan for this job, start the process group; (rt with the plan, plan)."""
-    plan = plan_from_env(ulysses=ulysses, cfg=cfg, fsdp=fsdp, num_heads=num_heads,
-                         device_type=rt.device.type, env=env)
+    plan = plan_from_env(ulysses=ulysses, cfg=cfg, fsdp=fsdp, expert=expert, num_heads=num_heads,
+                         num_experts=num_experts, device_type=rt.device.type, env=env)
     if plan is None:
         return rt, None
     device = torch.device("cuda", plan.local_rank) if rt.device.type == "cuda" else rt.device

@@ -31,6 +31,7 @@ class ParallelPlan:
     ulysses: int = 1  # U: sequence-parallel degree (divides the head count)
     cfg: bool = False  # conditional / unconditional passes on two rank groups
     fsdp: bool = False  # DiT blocks sharded with torch.distributed.fsdp.fully_shard
+    expert: bool = False  # one MoE expert per rank, videos pipelined through them
     backend: str = "gloo"  # "nccl" on CUDA, "gloo" on the CPU
 
     @property
@@ -68,9 +69,26 @@ class ParallelPlan:
 
 
 def make_plan(world_size: int, rank: int, *, ulysses: int = 1, cfg: bool = False,
-              fsdp: bool = False, num_heads: int | None = None, local_rank: int | None = None,
+              fsdp: bool = False, expert: bool = False, num_heads: int | None = None,
+              num_experts: int | None = None, local_rank: int | None = None,
               backend: str = "gloo") -> ParallelPlan:
-    """Check a layout against the world size and the model's head count; the one validation."""
+    """Check a layout against the world size, head and expert count; the one validation."""
+    if expert:
+        if ulysses > 1 or cfg or fsdp:
+            raise InputError("--expert-parallel does not combine with --ulysses, --cfg-parallel "
+                             "or --fsdp yet; use it alone (one process per expert)")
+        if num_experts is not None and num_experts < 2:
+            raise InputError("--expert-parallel needs a model with several experts (T2V-A14B); "
+                             "this model has one")
+        if num_experts is not None and world_size != num_experts:
+            raise InputError(f"--expert-parallel needs one process per expert ({num_experts}) "
+                             f"but this job has {world_size}; launch with torchrun "
+                             f"--nproc_per_node {num_experts}")
+        if not 0 <= rank < world_size:
+            raise InputError(f"RANK {rank} is outside the world of {world_size} processes")
+        return ParallelPlan(world_size=world_size, rank=rank,
+                            local_rank=rank if local_rank is None else local_rank,
+                            expert=True, backend=backend)
     if ulysses < 1:
         raise InputError(f"--ulysses {ulysses} must be >= 1")
     if num_heads is not None and num_heads % ulysses:
@@ -91,21 +109,22 @@ def make_plan(world_size: int, rank: int, *, ulysses: int = 1, cfg: bool = False
 
 
 def plan_from_env(*, ulysses: int = 1, cfg: bool = False, fsdp: bool = False,
-                  num_heads: int | None = None, device_type: str = "cpu",
+                  expert: bool = False, num_heads: int | None = None,
+                  num_experts: int | None = None, device_type: str = "cpu",
                   env=None) -> ParallelPlan | None:
     """The plan of a torchrun job from WORLD_SIZE / RANK / LOCAL_RANK; None for one process
     asked for nothing parallel."""
     env = os.environ if env is None else env
     world = int(env.get("WORLD_SIZE", "1"))
-    if world == 1 and ulysses == 1 and not cfg and not fsdp:
+    if world == 1 and ulysses == 1 and not cfg and not fsdp and not expert:
         return None
     if world == 1:
         flags = [f for f, on in (("--ulysses", ulysses > 1), ("--cfg-parallel", cfg),
-                                 ("--fsdp", fsdp)) if on]
+                                 ("--fsdp", fsdp), ("--expert-parallel", expert)) if on]
         raise InputError(f"{' '.join(flags)} needs several processes; launch with "
                          f"torchrun --nproc_per_node N -m wanmoe generate ...")
     return make_plan(world, int(env.get("RANK", "0")), ulysses=ulysses, cfg=cfg, fsdp=fsdp,
-                     num_heads=num_heads, local_rank=int(env.get("LOCAL_RANK", "0")),
+                     expert=expert, num_heads=num_heads, num_experts=num_experts, local_rank=int(env.get("LOCAL_RANK", "0")),
                      backend="nccl" if device_type == "cuda" else "gloo")
 
 
