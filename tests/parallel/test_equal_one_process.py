@@ -73,3 +73,11 @@ def test_two_nodes_on_one_machine(tiny_a14b, reference, tmp_path):
     assert not (tmp_path / "node1.safetensors").exists()  # global rank 1 writes nothing
     got = load_latents(tmp_path / "node0.safetensors")
     assert rel_diff(got, reference(tuple(ODD))) < 1e-5
+
+
+@pytest.mark.slow
+def test_ulysses_with_per_token_time_and_fsdp(tiny_a14b, reference, tmp_path):
+    """Per-token e0 [B, L, 6, d] is sharded with the tokens; FSDP and Ulysses compose."""
+    flags = ["--per-token-time", "--fsdp", "--ulysses", "2"]
+    got = _parallel_latents(tiny_a14b, tmp_path, 2, ODD, flags)
+    assert rel_diff(got, reference(tuple(ODD) + ("--per-token-time",))) < 1e-5
