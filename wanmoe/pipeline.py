@@ -366,8 +366,13 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
     off = choose_offload(rt.offload, preset, rt.device, rt.dtype, rt.weights)
     home = torch.device("cpu") if off else rt.device  # where weights wait between their steps
     workspace = DequantWorkspace()
-    experts = {e.name: _load_expert(spec, e.name, rt, home, workspace, parsed.get(e.name, ()))
-               for e in preset.experts}
+    names = [e.name for e in preset.experts]
+    if rt.parallel is not None:  # expert parallel: each rank loads the expert it runs
+        from .parallel.setup import experts_on_this_rank
+
+        names = experts_on_this_rank(rt.parallel, names)
+    experts = {name: _load_expert(spec, name, rt, home, workspace, parsed.get(name, ()))
+               for name in names}
     t5 = C.load_text_encoder(spec.text_encoder, dtype=rt.dtype,
                              device=torch.device("cpu") if off else rt.encoder_device)
     text = TextEncoder(load_tokenizer(spec.tokenizer, text_len=preset.t5.text_len), t5)

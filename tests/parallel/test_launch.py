@@ -58,3 +58,6 @@ def test_expert_parallel_three_prompts(tiny_a14b, tmp_path):
         low_k, high_next = spans[(1, "low_noise", k)], spans[(0, "high_noise", k + 1)]
         assert low_k[0] < high_next[1] and high_next[0] < low_k[1]
     assert float(re.search(r"timeline: overlap ([\d.]+) s", r.stderr).group(1)) > 0
+    # each rank loaded only the expert it runs
+    assert re.findall(r"timeline: rank=(\d) holds (\S+)", r.stderr) == [("0", "high_noise"),
+                                                                       ("1", "low_noise")]

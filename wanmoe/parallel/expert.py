@@ -8,8 +8,8 @@ back to rank 0, which decodes and writes every video. The solver (its multistep 
 included) travels with the sample, so the steps are exactly the single-process steps: the final
 latents are bit-identical to `pipe.generate` for the same prompt and seed.
 
-Each rank still loads every expert (the rank-0-only decode aside); dropping the unused expert
-from each rank is the memory half of this scheme and is not done yet.
+Each rank loads only the expert it runs (`setup.experts_on_this_rank`): half the DiT weights
+of a one-process run per rank.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def run_expert_parallel(pipe, jobs, negative_prompt=None) -> list[torch.Tensor] 
     """Generate every (prompt, GenerationRequest) of `jobs` over the expert ranks.
 
     Returns the final latents [C, F, h, w] (CPU, float32) of every video on rank 0 and None on
-    the other ranks; `pipe.timeline` holds every rank's spans on rank 0.
+    the other ranks; on rank 0 `pipe.timeline` holds every rank's spans and
+    `pipe.loaded_per_rank` the experts each rank holds.
     """
     from wanmoe.pipeline import latent_shape
 
@@ -118,23 +119,21 @@ def run_expert_parallel(pipe, jobs, negative_prompt=None) -> list[torch.Tensor] 
             finals.append(x.float().cpu())
         else:
             handles += _isend_obj({"x": x.float().cpu()}, 0, comm_dev)
+    report = {"spans": spans, "loaded": sorted(pipe.experts)}
     if rank == world - 1 and rank != 0:
-        handles += _isend_obj({"spans": spans}, 0, comm_dev)
+        handles += _isend_obj(report, 0, comm_dev)
     if rank == 0:
         finals = [_recv_obj(world - 1, comm_dev)["x"] for _ in jobs] if world > 1 else finals
-        spans += [s for r in range(1, world) for s in _collect_spans(r, world, comm_dev)]
+        reports = [report] + [_recv_obj(r, comm_dev) for r in range(1, world)]
+        spans = [s for rep in reports for s in rep["spans"]]
+        pipe.loaded_per_rank = [rep["loaded"] for rep in reports]
     elif rank != world - 1:
-        handles += _isend_obj({"spans": spans}, 0, comm_dev)
+        handles += _isend_obj(report, 0, comm_dev)
     _wait(handles)
     if rank != 0:
         return None
     pipe.timeline = sorted(spans, key=lambda s: (s.start, s.rank))
     return finals
-
-
-def _collect_spans(r: int, world: int, device) -> list[Span]:
-    """Rank 0 receives rank r's timeline (the last rank sends it after its final latents)."""
-    return _recv_obj(r, device)["spans"]
 
 
 def numbered(path, k: int, many: bool):
@@ -156,6 +155,8 @@ def generate_many(pipe, prompts, settings, negative_prompt=None, *, plan=None, o
         finals = run_expert_parallel(pipe, jobs, negative_prompt)
         if finals is None:
             return 0
+        for r, names in enumerate(pipe.loaded_per_rank):
+            print(f"timeline: rank={r} holds {','.join(names)}", file=sys.stderr)
         for span in pipe.timeline:
             print(span.line(), file=sys.stderr)
         print(f"timeline: overlap {overlap_seconds(pipe.timeline):.3f} s of "

@@ -82,6 +82,12 @@ def apply_plan(experts: dict, plan: ParallelPlan, groups: ParallelGroups) -> Non
             install_ulysses(model, plan.ulysses, plan.ulysses_rank, groups.ulysses)
 
 
+def experts_on_this_rank(plan: ParallelPlan, names: list[str]) -> list[str]:
+    """The experts this rank loads: all of them, or under expert parallel the rank-th one in
+    schedule order (high noise on rank 0)."""
+    return [names[plan.rank]] if plan.expert else list(names)
+
+
 def make_denoiser(experts, cond, uncond, groups: ParallelGroups | None, batched: bool):
     """The pipeline's denoiser: CFG parallel when the plan says so, else the plain one."""
     if groups is not None and groups.plan.cfg:
