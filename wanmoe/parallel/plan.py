@@ -124,7 +124,8 @@ def plan_from_env(*, ulysses: int = 1, cfg: bool = False, fsdp: bool = False,
         raise InputError(f"{' '.join(flags)} needs several processes; launch with "
                          f"torchrun --nproc_per_node N -m wanmoe generate ...")
     return make_plan(world, int(env.get("RANK", "0")), ulysses=ulysses, cfg=cfg, fsdp=fsdp,
-                     expert=expert, num_heads=num_heads, num_experts=num_experts, local_rank=int(env.get("LOCAL_RANK", "0")),
+                     expert=expert, num_heads=num_heads, num_experts=num_experts,
+                     local_rank=int(env.get("LOCAL_RANK", "0")),
                      backend="nccl" if device_type == "cuda" else "gloo")
 
 
