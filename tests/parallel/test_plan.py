@@ -25,19 +25,25 @@ def test_ulysses_must_divide_heads():
 def test_world_must_match_the_plan():
     with pytest.raises(InputError, match="needs 4 processes but this job has 8"):
         make_plan(8, 0, ulysses=2, cfg=True, num_heads=40)
-    with pytest.raises(InputError, match="needs 1 processes but this job has 2"):
+    with pytest.raises(InputError, match="a run without --ulysses .* needs 1 processes but this job has 2"):
         make_plan(2, 0)  # two processes and nothing to split: a launch mistake
     assert make_plan(4, 3, fsdp=True).fsdp  # FSDP alone shards over any world
 
 
 def test_expert_parallel_rules():
     assert make_plan(2, 1, expert=True, num_experts=2).expert
-    with pytest.raises(InputError, match="one process per expert"):
+    with pytest.raises(InputError, match=r"--expert-parallel \(2\) needs 2 processes but this job has 4"):
         make_plan(4, 0, expert=True, num_experts=2)
     with pytest.raises(InputError, match="several experts"):
         make_plan(2, 0, expert=True, num_experts=1)
-    with pytest.raises(InputError, match="does not combine"):
-        make_plan(4, 0, expert=True, ulysses=2)
+    with pytest.raises(InputError, match="does not combine with --fsdp"):
+        make_plan(2, 0, expert=True, fsdp=True, num_experts=2)
+    # expert groups of CFG x Ulysses: rank = (e * C + c) * U + u
+    plans = [make_plan(8, r, expert=True, num_experts=2, cfg=True, ulysses=2, num_heads=40)
+             for r in range(8)]
+    assert [p.expert_rank for p in plans] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert [p.cfg_rank for p in plans] == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert plans[6].ulysses_ranks == [6, 7] and plans[6].cfg_ranks == [4, 6]
 
 
 def test_plan_from_env():

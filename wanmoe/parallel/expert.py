@@ -4,7 +4,8 @@ Rank r runs the steps of the r-th expert of the schedule (A14B: rank 0 high nois
 noise). For video k, rank 0 runs its high-noise steps and sends (x, solver) to rank 1, then
 starts video k+1 at once while rank 1 runs video k's low-noise steps: with K videos the two
 experts work at the same time for K-1 of the K+1 phases. The last rank sends the final latents
-back to rank 0, which decodes and writes every video. The solver (its multistep history
+back to rank 0, which decodes and writes every video. With --cfg-parallel / --ulysses each
+expert runs on a group of C x U ranks instead of one (rank (e, i) hands on to rank (e+1, i)). The solver (its multistep history
 included) travels with the sample, so the steps are exactly the single-process steps: the final
 latents are bit-identical to `pipe.generate` for the same prompt and seed.
 
@@ -23,7 +24,6 @@ import torch
 import torch.distributed as dist
 
 from wanmoe.sampling import make_solver
-from wanmoe.sampling.guidance import CFGDenoiser
 from wanmoe.sampling.noise import initial_noise
 
 
@@ -83,18 +83,22 @@ def _run_steps(x, solver, schedule, denoiser, steps: list[int]):
 
 
 def run_expert_parallel(pipe, jobs, negative_prompt=None) -> list[torch.Tensor] | None:
-    """Generate every (prompt, GenerationRequest) of `jobs` over the expert ranks.
+    """Generate every (prompt, GenerationRequest) of `jobs` over the expert groups.
 
-    Returns the final latents [C, F, h, w] (CPU, float32) of every video on rank 0 and None on
-    the other ranks; on rank 0 `pipe.timeline` holds every rank's spans and
-    `pipe.loaded_per_rank` the experts each rank holds.
+    Group e (ranks e*G .. e*G+G-1, G = C x U: CFG parallel and Ulysses inside the group) runs
+    the e-th expert's steps; rank (e, i) hands each video to rank (e+1, i). Returns the final
+    latents [C, F, h, w] (CPU, float32) of every video on rank 0 and None elsewhere; on rank 0
+    `pipe.timeline` holds every group's spans and `pipe.loaded_per_rank` each group's experts.
     """
     from wanmoe.pipeline import latent_shape
 
-    rank, world, dev = dist.get_rank(), dist.get_world_size(), pipe.device
+    from .setup import make_denoiser
+
+    plan, dev = pipe.runtime.parallel, pipe.device
+    rank, size, groups, e = plan.rank, plan.group_size, plan.num_experts, plan.expert_rank
+    leader, last = rank % size == 0, e == groups - 1
     comm_dev = dev if dist.get_backend() == "nccl" else torch.device("cpu")
-    order = [e.name for e in pipe.preset.experts]  # schedule order: high noise first
-    mine = order[rank]
+    mine = [x.name for x in pipe.preset.experts][e]  # schedule order: high noise first
     for model in pipe.experts.values():
         model.set_compute_dtype(pipe.dtype)
     spans, handles, finals = [], [], []
@@ -102,38 +106,33 @@ def run_expert_parallel(pipe, jobs, negative_prompt=None) -> list[torch.Tensor] 
     dist.barrier()
     t0 = time.perf_counter()
     for k, ((cond, uncond), (_, st)) in enumerate(zip(contexts, jobs)):
-        denoiser = CFGDenoiser(pipe.experts, cond, uncond, batched=pipe.runtime.batched_cfg)
-        if rank == 0:
+        denoiser = make_denoiser(pipe.experts, cond, uncond, pipe.parallel_groups,
+                                 pipe.runtime.batched_cfg)
+        if e == 0:
             x = initial_noise(latent_shape(pipe.preset, st), st.seed, dev)
             solver = make_solver(st.solver, st.steps, st.shift)
         else:
-            state = _recv_obj(rank - 1, comm_dev)
+            state = _recv_obj(rank - size, comm_dev)
             x, solver = state["x"].to(dev), state["solver"]
         steps = [i for i, t in enumerate(solver.timesteps) if st.schedule.select(t).expert == mine]
         start = time.perf_counter() - t0
         x = _run_steps(x, solver, st.schedule, denoiser, steps)
         spans.append(Span(rank, mine, k, start, time.perf_counter() - t0))
-        if rank + 1 < world:
-            handles += _isend_obj({"x": x.cpu(), "solver": solver}, rank + 1, comm_dev)
-        elif rank == 0:
-            finals.append(x.float().cpu())
-        else:
+        if not last:
+            handles += _isend_obj({"x": x.cpu(), "solver": solver}, rank + size, comm_dev)
+        elif leader:
             handles += _isend_obj({"x": x.float().cpu()}, 0, comm_dev)
-    report = {"spans": spans, "loaded": sorted(pipe.experts)}
-    if rank == world - 1 and rank != 0:
-        handles += _isend_obj(report, 0, comm_dev)
+    if leader and e > 0:  # after the final latents on the same pair: received in this order
+        handles += _isend_obj({"spans": spans, "loaded": sorted(pipe.experts)}, 0, comm_dev)
     if rank == 0:
-        finals = [_recv_obj(world - 1, comm_dev)["x"] for _ in jobs] if world > 1 else finals
-        reports = [report] + [_recv_obj(r, comm_dev) for r in range(1, world)]
-        spans = [s for rep in reports for s in rep["spans"]]
-        pipe.loaded_per_rank = [rep["loaded"] for rep in reports]
-    elif rank != world - 1:
-        handles += _isend_obj(report, 0, comm_dev)
+        src = (groups - 1) * size
+        finals = [_recv_obj(src, comm_dev)["x"] for _ in jobs]
+        reports = [{"spans": spans, "loaded": sorted(pipe.experts)}]
+        reports += [_recv_obj(g * size, comm_dev) for g in range(1, groups)]
+        pipe.timeline = sorted((s for r in reports for s in r["spans"]), key=lambda s: (s.start, s.rank))
+        pipe.loaded_per_rank = [r["loaded"] for r in reports]
     _wait(handles)
-    if rank != 0:
-        return None
-    pipe.timeline = sorted(spans, key=lambda s: (s.start, s.rank))
-    return finals
+    return finals if rank == 0 else None
 
 
 def numbered(path, k: int, many: bool):
@@ -155,8 +154,8 @@ def generate_many(pipe, prompts, settings, negative_prompt=None, *, plan=None, o
         finals = run_expert_parallel(pipe, jobs, negative_prompt)
         if finals is None:
             return 0
-        for r, names in enumerate(pipe.loaded_per_rank):
-            print(f"timeline: rank={r} holds {','.join(names)}", file=sys.stderr)
+        for g, names in enumerate(pipe.loaded_per_rank):
+            print(f"timeline: rank={g * plan.group_size} holds {','.join(names)}", file=sys.stderr)
         for span in pipe.timeline:
             print(span.line(), file=sys.stderr)
         print(f"timeline: overlap {overlap_seconds(pipe.timeline):.3f} s of "

@@ -4,13 +4,15 @@ Built and validated once at the edge (`plan_from_env`, before any process group 
 bad plan is an `InputError` on every rank and no rank blocks in a collective); stored in
 `RuntimeConfig.parallel`; read by `wanmoe.parallel.setup` and the pipeline.
 
-Rank layout (N = world size = U x C, C = 2 with CFG parallel, else 1):
+Rank layout (N = world size = E x C x U; E = expert count under expert parallel, else 1;
+C = 2 with CFG parallel, else 1):
 
-    rank = c * U + u       c: CFG branch (0 conditional, 1 unconditional), u: Ulysses rank
+    rank = (e * C + c) * U + u    e: expert group, c: CFG branch (0 cond, 1 uncond), u: Ulysses rank
 
-so ranks 0..U-1 run the conditional pass sequence-parallel among themselves, ranks U..2U-1 the
-unconditional one, and rank u of one branch pairs with rank u of the other to combine the two
-velocities. FSDP shards the DiT blocks over all N ranks.
+so in expert group e, ranks of branch 0 run the conditional pass sequence-parallel among
+themselves, ranks of branch 1 the unconditional one, and rank u of one branch pairs with rank u
+of the other to combine the two velocities; rank (e, c, u) hands a video on to (e+1, c, u).
+FSDP shards the DiT blocks over all N ranks (not combined with expert parallel).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from wanmoe.errors import InputError
 
 @dataclass(frozen=True)
 class ParallelPlan:
-    """Validated multi-process layout: world size, this rank, Ulysses degree, CFG / FSDP switches."""
+    """Validated multi-process layout: world size, this rank, Ulysses degree, CFG / FSDP / expert."""
 
     world_size: int
     rank: int
@@ -31,7 +33,8 @@ class ParallelPlan:
     ulysses: int = 1  # U: sequence-parallel degree (divides the head count)
     cfg: bool = False  # conditional / unconditional passes on two rank groups
     fsdp: bool = False  # DiT blocks sharded with torch.distributed.fsdp.fully_shard
-    expert: bool = False  # one MoE expert per rank, videos pipelined through them
+    expert: bool = False  # one rank group per MoE expert, videos pipelined through them
+    num_experts: int = 1  # expert groups (the model's expert count under expert parallel)
     backend: str = "gloo"  # "nccl" on CUDA, "gloo" on the CPU
 
     @property
@@ -39,9 +42,23 @@ class ParallelPlan:
         return 2 if self.cfg else 1
 
     @property
+    def group_size(self) -> int:
+        """Ranks that run one expert together (C x U)."""
+        return self.cfg_size * self.ulysses
+
+    @property
+    def expert_rank(self) -> int:
+        """Which expert group this rank belongs to (0: the first expert of the schedule)."""
+        return self.rank // self.group_size if self.expert else 0
+
+    @property
+    def _base(self) -> int:
+        return self.expert_rank * self.group_size
+
+    @property
     def cfg_rank(self) -> int:
         """0: this rank runs the conditional pass, 1: the unconditional one."""
-        return self.rank // self.ulysses
+        return (self.rank - self._base) // self.ulysses
 
     @property
     def ulysses_rank(self) -> int:
@@ -50,13 +67,13 @@ class ParallelPlan:
     @property
     def ulysses_ranks(self) -> list[int]:
         """Global ranks of this rank's sequence-parallel group."""
-        base = self.cfg_rank * self.ulysses
-        return list(range(base, base + self.ulysses))
+        start = self._base + self.cfg_rank * self.ulysses
+        return list(range(start, start + self.ulysses))
 
     @property
     def cfg_ranks(self) -> list[int]:
         """Global ranks that hold the same token shard in each CFG branch (cond first)."""
-        return [c * self.ulysses + self.ulysses_rank for c in range(self.cfg_size)]
+        return [self._base + c * self.ulysses + self.ulysses_rank for c in range(self.cfg_size)]
 
     @property
     def is_main(self) -> bool:
@@ -73,39 +90,36 @@ def make_plan(world_size: int, rank: int, *, ulysses: int = 1, cfg: bool = False
               num_experts: int | None = None, local_rank: int | None = None,
               backend: str = "gloo") -> ParallelPlan:
     """Check a layout against the world size, head and expert count; the one validation."""
-    if expert:
-        if ulysses > 1 or cfg or fsdp:
-            raise InputError("--expert-parallel does not combine with --ulysses, --cfg-parallel "
-                             "or --fsdp yet; use it alone (one process per expert)")
-        if num_experts is not None and num_experts < 2:
-            raise InputError("--expert-parallel needs a model with several experts (T2V-A14B); "
-                             "this model has one")
-        if num_experts is not None and world_size != num_experts:
-            raise InputError(f"--expert-parallel needs one process per expert ({num_experts}) "
-                             f"but this job has {world_size}; launch with torchrun "
-                             f"--nproc_per_node {num_experts}")
-        if not 0 <= rank < world_size:
-            raise InputError(f"RANK {rank} is outside the world of {world_size} processes")
-        return ParallelPlan(world_size=world_size, rank=rank,
-                            local_rank=rank if local_rank is None else local_rank,
-                            expert=True, backend=backend)
     if ulysses < 1:
         raise InputError(f"--ulysses {ulysses} must be >= 1")
     if num_heads is not None and num_heads % ulysses:
         divisors = [d for d in range(1, num_heads + 1) if num_heads % d == 0]
         raise InputError(f"--ulysses {ulysses} does not divide the model's {num_heads} attention "
                          f"heads; use one of {', '.join(map(str, divisors))}")
-    need = ulysses * (2 if cfg else 1)
+    groups = 1
+    if expert:
+        if fsdp:
+            raise InputError("--expert-parallel does not combine with --fsdp (FSDP shards over "
+                             "every rank, expert groups run different experts); drop one")
+        if num_experts is not None and num_experts < 2:
+            raise InputError("--expert-parallel needs a model with several experts (T2V-A14B); "
+                             "this model has one")
+        groups = num_experts or 2
+    need = groups * ulysses * (2 if cfg else 1)
     if need != world_size and not (fsdp and need == 1):  # FSDP alone shards over any world
-        what = f"--ulysses {ulysses}" + (" x --cfg-parallel (2)" if cfg else "")
-        raise InputError(f"{what} needs {need} processes but this job has {world_size}; launch "
-                         f"with torchrun --nproc_per_node {need} (x nodes = {need} in all) or "
-                         f"change the plan")
+        parts = [f"--ulysses {ulysses}"] if ulysses > 1 else []
+        parts += [f"{f} ({n})" for f, n, on in (("--cfg-parallel", 2, cfg),
+                                                ("--expert-parallel", groups, expert)) if on]
+        what = " x ".join(parts) or "a run without --ulysses / --cfg-parallel / --expert-parallel / --fsdp"
+        raise InputError(f"{what} needs {need} processes but this job has "
+                         f"{world_size}; launch with torchrun --nproc_per_node {need} (x nodes "
+                         f"= {need} in all) or change the plan")
     if not 0 <= rank < world_size:
         raise InputError(f"RANK {rank} is outside the world of {world_size} processes")
     return ParallelPlan(world_size=world_size, rank=rank,
                         local_rank=rank if local_rank is None else local_rank,
-                        ulysses=ulysses, cfg=cfg, fsdp=fsdp, backend=backend)
+                        ulysses=ulysses, cfg=cfg, fsdp=fsdp, expert=expert, num_experts=groups,
+                        backend=backend)
 
 
 def plan_from_env(*, ulysses: int = 1, cfg: bool = False, fsdp: bool = False,

@@ -55,16 +55,17 @@ class ParallelGroups:
         """Create the groups (every rank creates every group, in the same order)."""
         init_distributed(plan)
         uly = cfg = None
-        if plan.ulysses > 1:
-            for c in range(plan.cfg_size):
-                g = dist.new_group(list(range(c * plan.ulysses, (c + 1) * plan.ulysses)))
-                if c == plan.cfg_rank:
-                    uly = g
-        if plan.cfg:
-            for u in range(plan.ulysses):
-                g = dist.new_group([u, plan.ulysses + u])
-                if u == plan.ulysses_rank:
-                    cfg = g
+        u_size, groups = plan.ulysses, plan.num_experts if plan.expert else 1
+        for e in range(groups):
+            base = e * plan.group_size
+            for c in range(plan.cfg_size if u_size > 1 else 0):
+                ranks = list(range(base + c * u_size, base + (c + 1) * u_size))
+                g = dist.new_group(ranks)
+                uly = g if plan.rank in ranks else uly
+            for u in range(u_size if plan.cfg else 0):
+                ranks = [base + u, base + u_size + u]
+                g = dist.new_group(ranks)
+                cfg = g if plan.rank in ranks else cfg
         return ParallelGroups(plan, uly, cfg)
 
 
@@ -83,9 +84,9 @@ def apply_plan(experts: dict, plan: ParallelPlan, groups: ParallelGroups) -> Non
 
 
 def experts_on_this_rank(plan: ParallelPlan, names: list[str]) -> list[str]:
-    """The experts this rank loads: all of them, or under expert parallel the rank-th one in
-    schedule order (high noise on rank 0)."""
-    return [names[plan.rank]] if plan.expert else list(names)
+    """The experts this rank loads: all of them, or under expert parallel the one of its expert
+    group, in schedule order (high noise on group 0)."""
+    return [names[plan.expert_rank]] if plan.expert else list(names)
 
 
 def make_denoiser(experts, cond, uncond, groups: ParallelGroups | None, batched: bool):
