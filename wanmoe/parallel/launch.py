@@ -31,8 +31,9 @@ def add_cli_flags(group) -> None:
     group.add_argument("--fsdp", action="store_true",
                        help="shard every DiT block over all processes (FSDP2 fully_shard)")
     group.add_argument("--expert-parallel", action="store_true",
-                       help="one process per MoE expert; with --prompts the videos are pipelined "
-                            "(video k's low-noise steps while video k+1's high-noise steps run)")
+                       help="one process group per MoE expert (x --cfg-parallel x --ulysses "
+                            "inside each); with --prompts the videos are pipelined (video k's "
+                            "low-noise steps while video k+1's high-noise steps run)")
 
 
 def parallel_runtime(rt: RuntimeConfig, num_heads: int, num_experts: int = 1, *,
