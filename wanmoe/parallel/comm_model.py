@@ -12,6 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
+from wanmoe.models.dit import WanBlock
+
 
 @dataclass(frozen=True)
 class Shapes:
@@ -30,8 +34,8 @@ def shapes_for(preset, width: int, height: int, frames: int) -> Shapes:
     f, h, w = (frames - 1) // st + 1, height // sh, width // sw
     pt, ph, pw = preset.dit.patch_size
     dit = preset.dit
-    per_block = 4 * 2 * (dit.dim * dit.dim + dit.dim)  # q/k/v/o of self- and cross-attention
-    per_block += 2 * dit.dim * dit.ffn_dim + dit.ffn_dim + dit.dim + 6 * dit.dim + 4 * dit.dim
+    with torch.device("meta"):  # the block's own parameter list, no memory
+        per_block = sum(p.numel() for p in WanBlock(dit).parameters())
     return Shapes(tokens=(f // pt) * (h // ph) * (w // pw), dim=dit.dim, layers=dit.num_layers,
                   latent_elems=preset.vae.z_dim * f * h * w, block_params=dit.num_layers * per_block)
 
