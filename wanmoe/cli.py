@@ -43,6 +43,10 @@ def _add_generate(sub) -> None:
     src.add_argument("--tokenizer", help="tokenizer.json or folder (google/umt5-xxl)")
     g = p.add_argument_group("generation (defaults: the model's official values)")
     g.add_argument("--prompt", help="the prompt")
+    g.add_argument("--prompts", metavar="FILE",
+                   help="a text file with one prompt per line: one video each, seeds SEED, "
+                        "SEED+1, ..., outputs OUT_000.mp4, OUT_001.mp4, ... (pipelined over the "
+                        "experts with --expert-parallel)")
     g.add_argument("--negative-prompt", help="default: the official negative prompt")
     g.add_argument("--size", help="WIDTH*HEIGHT (or WIDTHxHEIGHT), e.g. 1280*720")
     g.add_argument("--frames", type=int, help="pixel frames, 4n+1 (A14B 81, TI2V-5B 121)")
@@ -97,12 +101,31 @@ def _add_generate(sub) -> None:
                         "threshold 0.05) or mag (MagCache's published Wan2.2 ratios, threshold "
                         "0.04, at most K=2 skips in a row); off (default) is exact")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .parallel.launch import add_cli_flags
+
+    add_cli_flags(p.add_argument_group("multi-GPU (launch with torchrun; docs/multi-gpu.md)"))
     o = p.add_argument_group("output")
     o.add_argument("--out", default="out.mp4", help="MP4 file to write (default: out.mp4)")
     o.add_argument("--save-latents", metavar="FILE.safetensors",
                    help="also save the final latents (key 'latents', float32 [C, F, h, w])")
     o.add_argument("--save-strip", metavar="FILE.png", help="also save 8 frames side by side as PNG")
     p.set_defaults(func=_cmd_generate)
+
+
+def _prompts(args) -> list[str]:
+    """The prompts of this run: one from PROMPT / --prompt, or every non-empty line of --prompts."""
+    if not args.prompts:
+        return [_prompt(args)]
+    if args.prompt or args.prompt_text:
+        raise InputError("give the prompt either as PROMPT / --prompt or in --prompts FILE, not both")
+    try:
+        lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise InputError(f"--prompts {args.prompts!r} cannot be read ({e.strerror})") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise InputError(f"--prompts {args.prompts!r} holds no prompt; write one prompt per line")
+    return prompts
 
 
 def _prompt(args) -> str:
@@ -141,13 +164,24 @@ def _sampling_values(args) -> dict:
 
 
 def _cmd_generate(args) -> int:
+    from .parallel.setup import shutdown
+
+    try:
+        return _generate(args)
+    finally:
+        shutdown()  # the process group of a torchrun job, if one was started
+
+
+def _generate(args) -> int:
     from . import pipeline as P
+    from .parallel.launch import parallel_runtime
+    from .parallel.setup import shared_seed
     from .request import lora_plan, runtime_config
     from .validate import parse_vae_tile, settings_for
     from .outputs import OutputPlan
     from .preflight import check_memory
 
-    prompt = _prompt(args)
+    prompts = _prompts(args)
     rt = runtime_config(args.device, args.dtype, weights=args.weights, offload=args.offload,
                         text_device="cpu" if args.t5_cpu else None, attention=args.attention,
                         batched_cfg=args.batched_cfg, per_token_time=args.per_token_time,
@@ -162,9 +196,14 @@ def _cmd_generate(args) -> int:
         args.interrupts.add_cleanup(outputs.cleanup)
     spec = P.resolve(args.ckpt_dir, high=args.high, low=args.low, vae=args.vae,
                      text_encoder=args.text_encoder, tokenizer=args.tokenizer)  # headers only
+    rt, plan = parallel_runtime(rt, spec.preset.dit.num_heads, len(spec.preset.experts),
+                                ulysses=args.ulysses, cfg=args.cfg_parallel, fsdp=args.fsdp,
+                                expert=args.expert_parallel)
+    main = plan is None or plan.is_main  # rank 0 writes outputs and shows progress
+    seed = args.seed if plan is None else shared_seed(args.seed, plan, rt.device)
     settings = settings_for(spec.preset, size=args.size, frames=args.frames,
                             boundary=args.boundary, boundary_snr=args.boundary_snr,
-                            seed=args.seed, **_sampling_values(args))
+                            seed=seed, **_sampling_values(args))
     check_memory(spec.preset, settings.width, settings.height, settings.frames, rt.device, rt.dtype,
                  rt.batched_cfg)
     loras = lora_plan(spec.preset, args.lora, args.lora_high, args.lora_low)
@@ -177,12 +216,21 @@ def _cmd_generate(args) -> int:
                          None if tiling is None else (tiling.tile_latent_h, tiling.tile_latent_w,
                                                        tiling.overlap_latent),
                          spec.experts.values())
-    print(f"model: {spec.preset.name} ({spec.layout}) | size {settings.width}*{settings.height} | "
-          f"{settings.frames} frames | {settings.steps} steps | solver {settings.solver} | "
-          f"seed {settings.seed}", file=sys.stderr)
+    if main:
+        print(f"model: {spec.preset.name} ({spec.layout}) | size {settings.width}*{settings.height} | "
+              f"{settings.frames} frames | {settings.steps} steps | solver {settings.solver} | "
+              f"seed {settings.seed}" + (f" | {plan.world_size} processes" if plan else ""),
+              file=sys.stderr)
     pipe = P.load_pipeline(spec=spec, runtime=rt, loras=loras)
-    result = pipe.generate(prompt, args.negative_prompt, settings=settings,
-                           progress=not args.quiet, vae_tiling=tiling)
+    if len(prompts) > 1 or (plan is not None and plan.expert):
+        from .parallel.expert import generate_many
+
+        return generate_many(pipe, prompts, settings, args.negative_prompt, plan=plan, out=out,
+                             latents_path=latents_path, tiling=tiling, progress=not args.quiet)
+    result = pipe.generate(prompts[0], args.negative_prompt, settings=settings,
+                           progress=not args.quiet and main, vae_tiling=tiling, decode=main)
+    if not main:
+        return 0
     t0 = time.perf_counter()
     from .video import save_latents, save_png_strip, write_mp4
 
@@ -256,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         with InterruptGuard() as args.interrupts:
             return int(args.func(args) or 0)
     except WanmoeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from .parallel.plan import env_rank
+
+        if env_rank() == 0:  # in a torchrun job every rank fails alike: say it once
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -130,6 +130,7 @@ class WanPipeline:
         self.merged_loras = False  # True when LoRAs were merged into the weights at load
         self.cache_stats: dict = {}  # what the step cache skipped in the last sample()
         self.cache_log: list = []  # (step, expert, pass, skipped) per forward of that sample()
+        self.parallel_groups = None  # wanmoe.parallel.setup.ParallelGroups when runtime.parallel
 
     @property
     def device(self) -> torch.device:
@@ -200,7 +201,12 @@ class WanPipeline:
             model.set_compute_dtype(self.dtype)
         self.placement.activate(schedule.select(solver.timesteps[0]).expert)
         batched = self.runtime.batched_cfg if batched_cfg is None else bool(batched_cfg)
-        denoiser = CFGDenoiser(self.experts, cond, uncond, batched=batched)
+        if self.parallel_groups is not None:  # CFG parallel when the plan says so
+            from .parallel.setup import make_denoiser
+
+            denoiser = make_denoiser(self.experts, cond, uncond, self.parallel_groups, batched)
+        else:
+            denoiser = CFGDenoiser(self.experts, cond, uncond, batched=batched)
         spec = parse_cache(cache) if cache is not None else self.runtime.cache
         step_cache = None
         if spec is not None and spec.enabled:
@@ -231,8 +237,11 @@ class WanPipeline:
                  steps=None, shift=None, guide_scale=None, boundary=None, solver="unipc",
                  seed=-1, batched_cfg=None, progress=True, *, boundary_snr=None,
                  settings: GenerationRequest | None = None, vae_tiling=None,
-                 cache=None) -> GenerationResult:
-        """Text -> video. Unset values are the preset's official defaults (spec §1.2)."""
+                 cache=None, decode: bool = True) -> GenerationResult:
+        """Text -> video. Unset values are the preset's official defaults (spec §1.2).
+
+        decode=False skips the VAE (frames is then an empty tensor): the non-zero ranks of a
+        multi-process run, which write nothing."""
         from .errors import InputError
         from .sampling.noise import initial_noise
 
@@ -259,7 +268,8 @@ class WanPipeline:
             latents, used = self.sample(noise, cond, uncond, settings, batched_cfg=batched_cfg,
                                         progress=progress, cache=cache)
         with _timed(timings, "vae_decode", self.device):
-            video = self.decode(latents, vae_tiling)
+            video = self.decode(latents, vae_tiling) if decode else \
+                torch.empty(0, 0, 0, 3, dtype=torch.uint8)
         timings["total"] = sum(timings.values())
         return GenerationResult(frames=video, latents=latents.float().cpu(), fps=self.preset.fps,
                                 seed=settings.seed, settings=settings, timings=timings,
@@ -365,8 +375,13 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
     home = torch.device("cpu") if off else rt.device  # where weights wait between their steps
     workspace = DequantWorkspace()
     tok = load_tokenizer(spec.tokenizer, text_len=preset.t5.text_len)  # a bad one fails before the weights
-    experts = {e.name: _load_expert(spec, e.name, rt, home, workspace, parsed.get(e.name, ()))
-               for e in preset.experts}
+    names = [e.name for e in preset.experts]
+    if rt.parallel is not None:  # expert parallel: each rank loads the expert it runs
+        from .parallel.setup import experts_on_this_rank
+
+        names = experts_on_this_rank(rt.parallel, names)
+    experts = {name: _load_expert(spec, name, rt, home, workspace, parsed.get(name, ()))
+               for name in names}
     t5 = C.load_text_encoder(spec.text_encoder, dtype=rt.dtype,
                              device=torch.device("cpu") if off else rt.encoder_device)
     text = TextEncoder(tok, t5)
@@ -374,6 +389,11 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
     pipe = WanPipeline(preset, experts, text, vae_model, runtime=rt,
                        placement=placement_for(off, experts, rt.device, blocks),
                        source=str(spec.root or path or ""))
+    if rt.parallel is not None:  # multi-process plan: rank groups, then hooks on every expert
+        from .parallel.setup import ParallelGroups, apply_plan
+
+        pipe.parallel_groups = ParallelGroups.build(rt.parallel)
+        apply_plan(experts, rt.parallel, pipe.parallel_groups)
     pipe.load_seconds = time.perf_counter() - t0
     pipe.merged_loras = bool(parsed) and rt.lora_mode.value == "merge"  # cannot be undone
     return pipe

@@ -91,13 +91,22 @@ def attention(q, k, v, k_lens=None, backend: str = "auto"):
     return backend_function(backend)(q, k, v, k_lens)
 
 
+def _slot(module: nn.Module) -> tuple[object, str]:
+    """Where the attention function of `module` sits: `attn_fn`, or the `inner` of the innermost
+    wrapper installed there (sequence parallel wraps the backend and must stay in place)."""
+    holder, attr = module, "attn_fn"
+    while hasattr(getattr(holder, attr), "inner"):
+        holder, attr = getattr(holder, attr), "inner"
+    return holder, attr
+
+
 def set_attention(model: nn.Module, backend: str) -> int:
     """Install `backend` on every module of `model` with an `attn_fn` hook; returns how many."""
     fn = backend_function(backend)
     n = 0
     for module in model.modules():
         if hasattr(module, "attn_fn"):
-            module.attn_fn = fn
+            setattr(*_slot(module), fn)
             n += 1
     return n
 
@@ -105,10 +114,10 @@ def set_attention(model: nn.Module, backend: str) -> int:
 @contextlib.contextmanager
 def using_attention(model: nn.Module, backend: str) -> Iterator[nn.Module]:
     """`set_attention` for the enclosed code; every module gets its previous function back."""
-    previous = [(m, m.attn_fn) for m in model.modules() if hasattr(m, "attn_fn")]
+    previous = [(*_slot(m), getattr(*_slot(m))) for m in model.modules() if hasattr(m, "attn_fn")]
     set_attention(model, backend)
     try:
         yield model
     finally:
-        for module, fn in previous:
-            module.attn_fn = fn
+        for holder, attr, fn in previous:
+            setattr(holder, attr, fn)

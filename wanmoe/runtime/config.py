@@ -65,7 +65,7 @@ class RuntimeConfig:
     lora_mode: LoRAMode = LoRAMode.MERGE
     compile: bool = False  # reserved: torch.compile per block (not built yet)
     cache: object | None = None  # a runtime.cache.CacheSpec; None = off
-    parallel: object | None = None  # reserved: a multi-GPU plan (not built yet)
+    parallel: object | None = None  # a wanmoe.parallel.plan.ParallelPlan (None: one process)
 
     @property
     def encoder_device(self) -> torch.device:
