@@ -30,6 +30,7 @@ import torch
 from wanmoe.configs import A14B_DIT, DiTConfig
 from wanmoe.loading.keymaps.dit import official_to_diffusers
 from wanmoe.models.dit import WanDiT
+from wanmoe.plan import dit_flops  # the one analytic FLOP count (formula above)
 
 CPU_SIZES = {  # name: (config, latent grid F, H, W)
     "small": (DiTConfig(dim=256, ffn_dim=768, num_heads=4, num_layers=2, in_dim=16, out_dim=16,
@@ -39,16 +40,6 @@ CPU_SIZES = {  # name: (config, latent grid F, H, W)
 }
 GPU_GRIDS = {"480P": (21, 60, 104), "720P": (21, 90, 160)}
 SMOKE_GRIDS = {"smoke": (2, 6, 8)}
-
-
-def dit_flops(cfg: DiTConfig, tokens: int) -> float:
-    """Analytic forward FLOPs for one sample (formula in the module docstring)."""
-    d, L, lt, f = cfg.dim, tokens, cfg.text_len, cfg.ffn_dim
-    p = math.prod(cfg.patch_size)
-    block = 8 * L * d * d + 4 * L * L * d + 4 * L * d * d + 4 * lt * d * d + 4 * L * lt * d + 4 * L * d * f
-    time_mlp = 2 * (cfg.freq_dim * d + d * d + 6 * d * d)
-    return cfg.num_layers * block + 2 * L * d * cfg.in_dim * p + 2 * lt * (cfg.text_dim * d + d * d) \
-        + 2 * L * d * cfg.out_dim * p + time_mlp
 
 
 def materialize_(model: torch.nn.Module, device, dtype_of, seed: int = 0) -> torch.nn.Module:

@@ -30,7 +30,8 @@ _MODELS = {"t2v-a14b": "t2v-A14B", "a14b": "t2v-A14B", "ti2v-5b": "ti2v-5B", "5b
 
 
 def dit_flops(cfg: DiTConfig, tokens: int) -> float:
-    """Forward FLOPs of one sample (the formula of benchmarks/bench_dit.py `dit_flops`)."""
+    """Analytic forward FLOPs of one sample (formula in benchmarks/bench_dit.py's docstring;
+    checked against torch's FlopCounterMode in tests/unit/test_dit_model.py)."""
     d, L, lt, f = cfg.dim, tokens, cfg.text_len, cfg.ffn_dim
     p = math.prod(cfg.patch_size)
     block = 8 * L * d * d + 4 * L * L * d + 4 * L * d * d + 4 * lt * d * d + 4 * L * lt * d + 4 * L * d * f
