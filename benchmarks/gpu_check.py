@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_dit import dit_flops, inputs, materialize_  # noqa: E402
+from bench_dit import dit_flops, inputs, materialize_, median_times  # noqa: E402
 
 from wanmoe.configs import A14B_DIT, DiTConfig  # noqa: E402
 from wanmoe.models.dit import WanDiT  # noqa: E402
@@ -55,17 +55,7 @@ def _peak_for(name: str) -> float | None:
 
 
 def _timed(fn, cuda: bool, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return median_times([fn], runs, cuda)[0]  # warm-up, then the median (bench_dit)
 
 
 def _model(cfg: DiTConfig, layers: int, device, fp8: bool) -> WanDiT:

@@ -14,21 +14,6 @@ from wanmoe import cli
 TINY_ARGS = ["--size", "64*64", "--frames", "5", "--steps", "2", "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture
-def no_weight_reads(monkeypatch):
-    """Fail loudly if any weights are loaded or any tensor data is read."""
-    import wanmoe.loading.components as components
-    import wanmoe.loading.sources as sources
-
-    def boom(*_a, **_k):
-        raise AssertionError("weights were read before the input was validated")
-
-    for name in ("load_dit", "load_text_encoder", "load_vae"):
-        monkeypatch.setattr(components, name, boom)
-    for cls in (sources.SafetensorsFile, sources.PickleSource):
-        monkeypatch.setattr(cls, "get", boom)
-
-
 def _run(capsys, *argv) -> str:
     rc = cli.main(["generate", "a red ball", *argv])
     err = capsys.readouterr().err
