@@ -39,7 +39,8 @@ def _add_generate(sub) -> None:
     src.add_argument("--high", help="high-noise expert file (safetensors / GGUF), overrides the folder's")
     src.add_argument("--low", help="low-noise expert file, overrides the folder's")
     src.add_argument("--vae", help="VAE file (Wan2.1_VAE.pth, Wan2.2_VAE.pth, safetensors)")
-    src.add_argument("--text-encoder", help="umT5 encoder file (models_t5_umt5-xxl-enc-bf16.pth, ...)")
+    src.add_argument("--text-encoder", help="umT5 encoder file (models_t5_umt5-xxl-enc-bf16.pth, HF "
+                                          "safetensors, umt5-xxl-encoder-Q8_0.gguf, ...)")
     src.add_argument("--tokenizer", help="tokenizer.json or folder (google/umt5-xxl)")
     g = p.add_argument_group("generation (defaults: the model's official values)")
     g.add_argument("--prompt", help="the prompt")
@@ -88,6 +89,9 @@ def _add_generate(sub) -> None:
                    help="attention backend (auto: flash-attn when installed and on CUDA, else "
                         "torch SDPA; reference: plain fp32 softmax)")
     r.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU")
+    r.add_argument("--text-weights", choices=["fp8", "int8"],
+                   help="quantise the umT5 linears per output channel while loading (default: as "
+                        "stored; a GGUF encoder stays GGUF); docs/quantization.md")
     r.add_argument("--batched-cfg", action="store_true",
                    help="run the conditional and unconditional passes as one batch of 2")
     r.add_argument("--vae-tile", metavar="H,W,OVERLAP",
@@ -185,7 +189,7 @@ def _generate(args) -> int:
     rt = runtime_config(args.device, args.dtype, weights=args.weights, offload=args.offload,
                         text_device="cpu" if args.t5_cpu else None, attention=args.attention,
                         batched_cfg=args.batched_cfg, per_token_time=args.per_token_time,
-                        lora_mode=args.lora_mode, cache=args.cache)
+                        lora_mode=args.lora_mode, cache=args.cache, text_weights=args.text_weights)
     tiling = parse_vae_tile(args.vae_tile)
     out = _check_out(args.out, ".mp4", "--out")
     latents_path = _check_out(args.save_latents, ".safetensors", "--save-latents")

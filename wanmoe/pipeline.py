@@ -383,7 +383,8 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
     experts = {name: _load_expert(spec, name, rt, home, workspace, parsed.get(name, ()))
                for name in names}
     t5 = C.load_text_encoder(spec.text_encoder, dtype=rt.dtype,
-                             device=torch.device("cpu") if off else rt.encoder_device)
+                             device=torch.device("cpu") if off else rt.encoder_device,
+                             weights=rt.text_weights)
     text = TextEncoder(tok, t5)
     vae_model = C.load_vae(spec.vae, cfg=preset.vae, device=rt.device)
     pipe = WanPipeline(preset, experts, text, vae_model, runtime=rt,

@@ -49,10 +49,11 @@ def parse_offload(value) -> tuple[OffloadMode, int]:
 
 def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_device=None,
                    attention: str = "auto", batched_cfg: bool = False, per_token_time: bool = False,
-                   lora_mode=None, cache="off") -> RuntimeConfig:
+                   lora_mode=None, cache="off", text_weights=None) -> RuntimeConfig:
     """Validate runtime choices once (device present, dtype known, modes from their enums)."""
     from .runtime.attention import BACKENDS
     from .runtime.cache import parse_cache
+    from .runtime.quant.text import check_text_weights
 
     dev = parse_device(device)
     dt = parse_dtype(dtype if dtype is not None else ("bf16" if dev.type == "cuda" else "fp32"))
@@ -67,6 +68,7 @@ def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_
         weights=_choice(WeightMode, weights, "weights", WeightMode.DEFAULT),
         offload=offload_mode, resident_blocks=resident,
         text_device=parse_device(text_device) if text_device is not None else None,
+        text_weights=check_text_weights(text_weights),
         attention=attention, batched_cfg=batched_cfg, per_token_time=per_token_time,
         lora_mode=_choice(LoRAMode, lora_mode, "lora mode", LoRAMode.MERGE),
         cache=parse_cache(cache))

@@ -60,15 +60,65 @@ def load_dit(source_or_path, cfg: DiTConfig, compute_dtype: torch.dtype = torch.
     return model.eval()
 
 
+class _QuantizeOnRead(TensorSource):
+    """View of a umT5 source whose block linear weights come out quantised per output channel
+    (`ChannelWeight`, fp8 or int8) as they are read: one float weight in memory at a time."""
+
+    def __init__(self, inner: TensorSource, key_map: KeyMap | None, kind: str) -> None:
+        from wanmoe.runtime.quant.text import is_t5_linear_weight
+
+        self.inner, self.kind = inner, kind
+        self.paths, self.metadata = inner.paths, inner.metadata
+        self._quant = {n for n in inner.keys()
+                       if (off := (key_map(n) if key_map else n)) is not None and is_t5_linear_weight(off)}
+
+    def keys(self) -> list[str]:
+        return self.inner.keys()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.inner.shape(name)
+
+    def dtype(self, name: str):
+        return self.kind if name in self._quant else self.inner.dtype(name)
+
+    def nbytes(self, name: str) -> int | None:
+        return self.inner.nbytes(name)
+
+    def file_of(self, name: str):
+        return self.inner.file_of(name)
+
+    def get(self, name: str, dtype: torch.dtype | None = None):
+        from wanmoe.runtime.quant.text import quantize_channel
+
+        if name not in self._quant:
+            return self.inner.get(name, dtype)
+        stored = self.inner.get(name, None if isinstance(self.inner.dtype(name), str) else torch.float32)
+        return quantize_channel(stored, self.kind)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def load_text_encoder(path, dtype: torch.dtype = torch.bfloat16,
-                      device: torch.device | str = "cpu") -> nn.Module:
-    """UMT5Encoder from the official .pth or a HF safetensors folder/file; bf16 read as bf16."""
+                      device: torch.device | str = "cpu", *, weights: str | None = None,
+                      workspace=None) -> nn.Module:
+    """UMT5Encoder from the official .pth, a HF safetensors folder/file or a llama.cpp GGUF.
+
+    Float tensors are stored in `dtype` (bf16 read as bf16). GGUF-quantised linears stay
+    quantised (`GGUFLinear`, dequantised per matmul, sharing `workspace`); a quantised token
+    embedding is dequantised once into `dtype`. `weights="fp8"|"int8"` quantises the block
+    linears per output channel as each one is read (`FP8Linear` / `Int8Linear`).
+    """
+    from wanmoe.runtime.quant.text import check_text_weights, text_installer
     from wanmoe.text.umt5 import UMT5Encoder
 
+    check_text_weights(weights)
     with _opened(path, "text_encoder") as (src, key_map, det):
         with empty_weights():
             model = UMT5Encoder(det.t5_config())
-        stream_load(model, src, dtype=dtype, device=device, key_map=key_map)
+        read = _QuantizeOnRead(src, key_map, weights) if weights else src
+        stream_load(model, read, dtype=dtype, device=device, key_map=key_map,
+                    install_quantized=text_installer(dtype, device, workspace))
     return model.eval()
 
 

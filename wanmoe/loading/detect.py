@@ -129,13 +129,15 @@ _VAE_OFFICIAL = {"encoder.conv1.weight", "decoder.conv1.weight", "conv2.weight"}
 _VAE_DIFFUSERS = {"encoder.conv_in.weight", "decoder.conv_in.weight", "post_quant_conv.weight"}
 _T5_OFFICIAL = {"token_embedding.weight", "blocks.0.attn.q.weight", "norm.weight"}
 _T5_HF = {"encoder.block.0.layer.0.SelfAttention.q.weight", "encoder.final_layer_norm.weight"}
+_T5_LLAMA_CPP = {"token_embd.weight", "enc.blk.0.attn_q.weight", "enc.output_norm.weight"}  # keymaps/t5_gguf.py
 
 
 def classify(names: set[str]) -> tuple[str, str]:
     """(component, naming) from stripped core names."""
     for need, comp, naming in ((_DIT_OFFICIAL, "dit", "official"), (_DIT_DIFFUSERS, "dit", "diffusers"),
                                (_VAE_OFFICIAL, "vae", "official"), (_VAE_DIFFUSERS, "vae", "diffusers"),
-                               (_T5_OFFICIAL, "text_encoder", "official"), (_T5_HF, "text_encoder", "hf")):
+                               (_T5_OFFICIAL, "text_encoder", "official"), (_T5_HF, "text_encoder", "hf"),
+                               (_T5_LLAMA_CPP, "text_encoder", "llama.cpp")):
         if need <= names:
             return comp, naming
     return "unknown", "unknown"
@@ -197,6 +199,10 @@ def _t5_dims(shape, names, naming: str) -> dict:
         emb, q = shape("token_embedding.weight"), shape("blocks.0.attn.q.weight")
         fc1, pos = shape("blocks.0.ffn.fc1.weight"), shape("blocks.0.pos_embedding.embedding.weight")
         layers = _count_blocks(names, r"blocks\.(\d+)\.")
+    elif naming == "llama.cpp":  # umT5 encoder GGUF (llama.cpp T5 tensor names)
+        emb, q = shape("token_embd.weight"), shape("enc.blk.0.attn_q.weight")
+        fc1, pos = shape("enc.blk.0.ffn_up.weight"), shape("enc.blk.0.attn_rel_b.weight")
+        layers = _count_blocks(names, r"enc\.blk\.(\d+)\.")
     else:
         b0 = "encoder.block.0.layer."
         emb = shape("shared.weight" if "shared.weight" in names else "encoder.embed_tokens.weight")
@@ -205,6 +211,26 @@ def _t5_dims(shape, names, naming: str) -> dict:
         layers = _count_blocks(names, r"encoder\.block\.(\d+)\.")
     return {"vocab_size": emb[0], "dim": emb[1], "dim_attn": q[0], "dim_ffn": fc1[0],
             "num_heads": pos[1], "num_buckets": pos[0], "num_layers": layers}
+
+
+# llama.cpp T5 hyper-parameter keys (`{arch}.` prefix) -> our dims (docs/loading.md)
+_GGUF_T5_KEYS = {"embedding_length": "dim", "feed_forward_length": "dim_ffn", "block_count": "num_layers",
+                 "attention.head_count": "num_heads", "attention.relative_buckets_count": "num_buckets"}
+
+
+def _check_gguf_t5_metadata(metadata: Mapping, dims: dict, notes: list[str]) -> None:
+    """Cross-check a T5 GGUF's `{arch}.*` hyper-parameters against the dims read from the shapes
+    (the shapes win; a disagreement means a broken file)."""
+    arch = metadata.get("general.architecture")
+    notes.append(f"llama.cpp T5 GGUF (general.architecture {arch!r}; token_embd, enc.blk.N.*): "
+                 "quantised linears stay quantised, a quantised token embedding is dequantised once")
+    if not isinstance(arch, str):
+        return
+    for key, dim in _GGUF_T5_KEYS.items():
+        value = metadata.get(f"{arch}.{key}")
+        if isinstance(value, int) and not isinstance(value, bool) and value != dims[dim]:
+            raise CheckpointError(f"GGUF metadata {arch}.{key} = {value} but the tensor shapes give "
+                                  f"{dim} = {dims[dim]}; the file is inconsistent")
 
 
 def _format_of(container: str, quant: str, has_fp8: bool, naming: str, prefix: str) -> str:
@@ -259,6 +285,8 @@ def detect_tensors(entries: Mapping[str, tuple], metadata: Mapping | None = None
             det.model = MODEL_VAE22 if det.dims["version"] == "2.2" else MODEL_VAE21
         else:
             det.dims = _t5_dims(shape, names, naming)
+            if naming == "llama.cpp":
+                _check_gguf_t5_metadata(metadata, det.dims, notes)
             u = UMT5_XXL
             same = (det.dims["dim"], det.dims["num_layers"], det.dims["vocab_size"]) == (u.dim, u.num_layers, u.vocab_size)
             det.model = MODEL_UMT5 if same else MODEL_T5_CUSTOM

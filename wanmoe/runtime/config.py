@@ -59,6 +59,7 @@ class RuntimeConfig:
     offload: OffloadMode = OffloadMode.AUTO
     resident_blocks: int = 2  # OffloadMode.BLOCKS: blocks on the device at once (--offload blocks:N)
     text_device: torch.device | None = None  # None: the device
+    text_weights: str | None = None  # umT5 block linears: None = as stored, "fp8" / "int8" (--text-weights)
     attention: str = "auto"  # a wanmoe.runtime.attention backend name
     batched_cfg: bool = False  # conditional + unconditional passes as one batch of 2
     per_token_time: bool = False  # the official per-token time embedding (WanDiT.set_per_token_time)

@@ -1,7 +1,8 @@
 """Source-name -> official-name maps per component and layout, and the choice of one for a checkpoint.
 
 The rename tables are declarative, one module per component: `dit.py` (diffusers
-`WanTransformer3DModel`), `t5.py` (HF `UMT5EncoderModel`), `vae.py` (diffusers
+`WanTransformer3DModel`), `t5.py` (HF `UMT5EncoderModel`), `t5_gguf.py` (llama.cpp T5 GGUF
+names), `vae.py` (diffusers
 `AutoencoderKLWan`). `key_map_for` picks one from a `Detection` and composes it with prefix
 stripping. A returned map may answer None for a name, meaning "a duplicate of another stored
 tensor: skip it".
@@ -13,10 +14,10 @@ from collections.abc import Iterable
 
 from wanmoe.errors import CheckpointError
 from wanmoe.loading.detect import Detection
-from wanmoe.loading.keymaps import dit, t5, vae
+from wanmoe.loading.keymaps import dit, t5, t5_gguf, vae
 from wanmoe.loading.stream import KeyMap
 
-__all__ = ["key_map_for", "dit", "t5", "vae"]
+__all__ = ["key_map_for", "dit", "t5", "t5_gguf", "vae"]
 
 
 def _strip(prefix: str) -> KeyMap:
@@ -32,6 +33,8 @@ def _dit_map(det: Detection) -> KeyMap:
 
 def _t5_map(det: Detection, names: Iterable[str]) -> KeyMap:
     strip = _strip(det.prefix)
+    if det.naming == "llama.cpp":  # umT5 encoder GGUF files (token_embd, enc.blk.N.attn_q, ...)
+        return lambda n: t5_gguf.official_name(strip(n))
     if det.naming != "hf":
         return strip
     stored = {strip(n) for n in names}
