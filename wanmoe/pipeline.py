@@ -22,7 +22,7 @@ from .configs import OFFICIAL_NEGATIVE_PROMPT, ModelPreset
 from .errors import CheckpointError, InputError
 from .request import GenerationRequest, RuntimeConfig, runtime_config
 from .runtime.offload import Resident, choose_offload, placement_for, resolve_offload
-from .runtime.text_placement import encoder_on
+from .runtime.text_placement import encoder_on, text_home
 from .validate import settings_for
 
 Settings = GenerationRequest  # the old name, kept for the Python API
@@ -175,7 +175,7 @@ class WanPipeline:
     def encode(self, prompt: str, negative_prompt: str | None) -> tuple[list, list]:
         """Two separate batch-1 encoder calls (spec §5.1); contexts land on the DiT device."""
         neg = default_negative_prompt(self.preset) if negative_prompt is None else negative_prompt
-        with encoder_on(self.text_encoder.model, self.runtime.encoder_device, shuttle=self.offload):
+        with encoder_on(self.text_encoder.model, self.runtime.encoder_device):  # on the CPU if VRAM is short
             cond = self.text_encoder.encode([prompt])
             uncond = self.text_encoder.encode([neg])
         return [c.to(self.device) for c in cond], [u.to(self.device) for u in uncond]
@@ -382,9 +382,10 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
         names = experts_on_this_rank(rt.parallel, names)
     experts = {name: _load_expert(spec, name, rt, home, workspace, parsed.get(name, ()))
                for name in names}
-    t5 = C.load_text_encoder(spec.text_encoder, dtype=rt.dtype,
-                             device=torch.device("cpu") if off else rt.encoder_device,
-                             weights=rt.text_weights)
+    t5_home = torch.device("cpu") if off else rt.encoder_device
+    if t5_home.type == "cuda":  # the CPU when the GPU has no room left for it (runtime/text_placement.py)
+        t5_home = text_home(t5_home, C.text_encoder_bytes(spec.text_encoder, rt.dtype, rt.text_weights))
+    t5 = C.load_text_encoder(spec.text_encoder, dtype=rt.dtype, device=t5_home, weights=rt.text_weights)
     text = TextEncoder(tok, t5)
     vae_model = C.load_vae(spec.vae, cfg=preset.vae, device=rt.device)
     pipe = WanPipeline(preset, experts, text, vae_model, runtime=rt,

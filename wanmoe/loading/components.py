@@ -8,6 +8,7 @@ dtype and device (`stream.stream_load`).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -120,6 +121,29 @@ def load_text_encoder(path, dtype: torch.dtype = torch.bfloat16,
         stream_load(model, read, dtype=dtype, device=device, key_map=key_map,
                     install_quantized=text_installer(dtype, device, workspace))
     return model.eval()
+
+
+def text_encoder_bytes(path, dtype: torch.dtype = torch.bfloat16, weights: str | None = None) -> int:
+    """Bytes `load_text_encoder(path, dtype, weights=weights)` will hold, from the headers only:
+    GGUF-quantised linears at their stored size, fp8/int8 linears one byte per weight plus a
+    float32 scale per row, everything else in `dtype`."""
+    from wanmoe.runtime.quant.text import is_t5_linear_weight
+
+    total = 0
+    with _opened(path, "text_encoder") as (src, key_map, _):
+        for name in src.keys():
+            off = key_map(name) if key_map else name
+            if off is None:
+                continue
+            shape = tuple(src.shape(name))
+            numel = math.prod(shape)
+            if is_t5_linear_weight(off) and weights:
+                total += numel + shape[0] * 4
+            elif is_t5_linear_weight(off) and isinstance(src.dtype(name), str):
+                total += src.nbytes(name)
+            else:
+                total += numel * dtype.itemsize
+    return total
 
 
 def load_vae(path, cfg: VAEConfig | None = None, device: torch.device | str = "cpu",

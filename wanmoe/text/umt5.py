@@ -42,10 +42,16 @@ def relative_position_bucket(lq: int, lk: int, num_buckets: int = 32, max_distan
 
 
 def _linear(layer: nn.Module, x: torch.Tensor, upcast: bool) -> torch.Tensor:
-    # only plain, hook-free Linears: quantised swaps and offload hooks keep their own forward
-    if (upcast and x.dtype == torch.bfloat16 and type(layer) is nn.Linear
-            and not layer._forward_pre_hooks and not layer._forward_hooks):
+    # only hook-free layers: offload hooks keep their own forward
+    if not upcast or x.dtype != torch.bfloat16 or layer._forward_pre_hooks or layer._forward_hooks:
+        return layer(x)
+    if type(layer) is nn.Linear:
         return F.linear(x.float(), layer.weight.float()).to(x.dtype)  # fp32-accumulated bf16 GEMM
+    # a quantised linear on the weight path (GGUF / fp8 / int8, no patches): its bf16 weight,
+    # the one its own forward would use, in the same fp32-accumulated GEMM
+    if callable(getattr(layer, "dequantized", None)) and not getattr(layer, "patches", None) \
+            and getattr(layer, "bias", None) is None:
+        return F.linear(x.float(), layer.dequantized(torch.bfloat16).float()).to(x.dtype)
     return layer(x)
 
 
