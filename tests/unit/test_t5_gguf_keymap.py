@@ -109,3 +109,21 @@ def test_pairs_match_comfyui_gguf_rename_fragments():
         for a, b in fragments.items():
             hf = hf.replace(a, b)
         assert hf_to_official(hf) == off_template.format(i=5) == official_name(g)
+
+
+def test_full_size_hf_names_through_llama_cpp_map_land_on_the_same_official_names(manifests_dir):
+    # llama.cpp's converter (gguf-py TensorNameMap) renames the HF checkpoint; our map must take
+    # each resulting name to the official name that the HF table gives for the same tensor
+    from wanmoe.loading.keymaps.t5 import HF_TIED, hf_to_official
+
+    data = json.loads((manifests_dir / "transformers-umt5-xxl-encoder.json").read_text())
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.T5ENCODER, UMT5_XXL.num_layers)
+    seen = set()
+    for t in data["tensors"]:
+        if t["name"] in HF_TIED:  # the tied alias: llama.cpp stores the embedding once
+            continue
+        g = name_map.get_name(t["name"], try_suffixes=(".weight",))
+        assert g is not None, t["name"]
+        assert official_name(g) == hf_to_official(t["name"]), t["name"]
+        seen.add(g)
+    assert len(seen) == len(_official(manifests_dir))

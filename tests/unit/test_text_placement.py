@@ -1,0 +1,59 @@
+"""Where the umT5 encoder waits and encodes: the VRAM-short decisions, with the free memory given."""
+
+import torch
+from torch import nn
+
+from wanmoe.runtime.text_placement import ENCODE_MARGIN, encoder_on, fits_on, module_bytes, text_home
+
+CUDA = torch.device("cuda:0")
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(nn.Linear(8, 16, bias=False), nn.Linear(16, 8))  # 128 + 128 + 8 floats
+
+
+def test_module_bytes_counts_parameters_and_buffers_once():
+    m = _model()
+    m.register_buffer("q", torch.zeros(10, dtype=torch.int8))
+    m.tied = m[0]  # the same parameters reachable twice: counted once
+    assert module_bytes(m) == (128 + 128 + 8) * 4 + 10
+
+
+def test_fits_needs_weights_plus_the_encode_margin():
+    assert fits_on(CUDA, 100, free_bytes=100 + ENCODE_MARGIN)
+    assert not fits_on(CUDA, 100, free_bytes=99 + ENCODE_MARGIN)
+    assert fits_on(torch.device("cpu"), 10**15, free_bytes=0)  # the host is never refused
+
+
+def test_text_home_falls_back_to_the_cpu_when_the_gpu_is_full():
+    said = []
+    assert text_home(CUDA, 2**30, free_bytes=4 * 2**30, notify=said.append) == CUDA
+    assert said == []
+    assert text_home(CUDA, 11 * 2**30, free_bytes=4 * 2**30, notify=said.append) == torch.device("cpu")
+    assert len(said) == 1 and "11.0 GiB" in said[0] and "CPU" in said[0]
+
+
+def test_encoder_on_encodes_on_the_cpu_when_the_gpu_has_no_room():
+    m = _model()
+    said = []
+    with encoder_on(m, CUDA, free_bytes=0, notify=said.append) as got:
+        assert got is m and m[0].weight.device.type == "cpu"  # never moved (no CUDA call made)
+    assert m[0].weight.device.type == "cpu" and len(said) == 1 and "encoding on the CPU" in said[0]
+
+
+def test_encoder_on_leaves_a_cpu_target_alone():
+    m = _model()
+    with encoder_on(m, torch.device("cpu"), notify=lambda s: (_ for _ in ()).throw(AssertionError(s))) as got:
+        assert got is m
+
+
+def test_runtime_config_takes_text_weights_and_refuses_others():
+    import pytest
+
+    from wanmoe.errors import InputError
+    from wanmoe.request import runtime_config
+
+    assert runtime_config("cpu", text_weights="int8").text_weights == "int8"
+    assert runtime_config("cpu").text_weights is None
+    with pytest.raises(InputError, match="text weights 'int4' is not one of fp8, int8"):
+        runtime_config("cpu", text_weights="int4")
