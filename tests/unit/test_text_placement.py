@@ -1,5 +1,6 @@
 """Where the umT5 encoder waits and encodes: the VRAM-short decisions, with the free memory given."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -48,8 +49,6 @@ def test_encoder_on_leaves_a_cpu_target_alone():
 
 
 def test_runtime_config_takes_text_weights_and_refuses_others():
-    import pytest
-
     from wanmoe.errors import InputError
     from wanmoe.request import runtime_config
 
@@ -57,3 +56,16 @@ def test_runtime_config_takes_text_weights_and_refuses_others():
     assert runtime_config("cpu").text_weights is None
     with pytest.raises(InputError, match="text weights 'int4' is not one of fp8, int8"):
         runtime_config("cpu", text_weights="int4")
+
+
+@pytest.mark.gpu
+def test_encoder_on_moves_a_host_encoder_to_the_gpu_and_back():
+    # real free memory (mem_get_info) on a GPU: a small encoder fits, runs there, then leaves
+    m = _model()
+    before = torch.cuda.memory_allocated()
+    with encoder_on(m, CUDA) as got:
+        assert got[0].weight.device.type == "cuda"
+        y = got(torch.ones(2, 8, device="cuda"))
+    assert m[0].weight.device.type == "cpu" and y.device.type == "cuda"
+    del y
+    assert torch.cuda.memory_allocated() == before  # the weights went back: the GPU is free again
