@@ -69,3 +69,27 @@ def test_encoder_on_moves_a_host_encoder_to_the_gpu_and_back():
     assert m[0].weight.device.type == "cpu" and y.device.type == "cuda"
     del y
     assert torch.cuda.memory_allocated() == before  # the weights went back: the GPU is free again
+
+
+def test_automatic_upcast_follows_the_encoder_to_where_it_encodes(monkeypatch):
+    # an encoder waiting on a CPU without bf16 units upcasts there; moved (here: faked) to a
+    # device with bf16 kernels for the encode, it runs them instead
+    import wanmoe.text.encoder as enc_mod
+    from wanmoe.configs import T5Config
+    from wanmoe.text.umt5 import UMT5Encoder
+
+    monkeypatch.setattr(enc_mod, "cpu_lacks_bf16", lambda: True)
+    model = UMT5Encoder(T5Config(vocab_size=16, dim=8, dim_attn=8, dim_ffn=8, num_heads=2, num_layers=1))
+    model = model.to(torch.bfloat16)
+
+    class Tok:
+        text_len = 4
+
+        def __call__(self, prompts, text_len):
+            return torch.ones(1, text_len, dtype=torch.long), torch.ones(1, text_len, dtype=torch.long)
+
+    enc = enc_mod.TextEncoder(Tok(), model)
+    assert enc.matmul_upcast is True and model.blocks[0].attn.upcast is True
+    monkeypatch.setattr(enc_mod.TextEncoder, "_upcast_here", lambda self: False)  # "on the GPU now"
+    enc.encode("x")
+    assert enc.matmul_upcast is False and model.blocks[0].attn.upcast is False

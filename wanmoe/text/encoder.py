@@ -21,19 +21,23 @@ class TextEncoder:
 
     `matmul_upcast`: None (default) turns `UMT5Encoder.set_matmul_upcast` on only for a bf16
     model on a CPU without native bf16 (several times faster, same bf16-GEMM semantics up to
-    summation order); False keeps the plain bf16 kernels, True forces the upcast.
+    summation order), re-decided at each `encode` for where the model is then (an encoder
+    waiting on the CPU that encodes on the GPU runs the GPU's bf16 kernels); False keeps the
+    plain bf16 kernels, True forces the upcast.
     """
 
     def __init__(self, tokenizer: PromptTokenizer, model: UMT5Encoder,
                  matmul_upcast: bool | None = None) -> None:
         self.tokenizer = tokenizer
         self.model = model
-        if matmul_upcast is None:
-            weight = model.token_embedding.weight
-            matmul_upcast = (weight.device.type == "cpu" and weight.dtype == torch.bfloat16
-                             and cpu_lacks_bf16())
-        self.matmul_upcast = matmul_upcast
-        model.set_matmul_upcast(matmul_upcast)
+        self._auto_upcast = matmul_upcast is None
+        self.matmul_upcast = self._upcast_here() if matmul_upcast is None else matmul_upcast
+        model.set_matmul_upcast(self.matmul_upcast)
+
+    def _upcast_here(self) -> bool:
+        """The automatic choice for where the model is now (it may have moved to a GPU to encode)."""
+        weight = self.model.token_embedding.weight
+        return weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and cpu_lacks_bf16()
 
     @property
     def device(self) -> torch.device:
@@ -57,6 +61,9 @@ class TextEncoder:
         """
         if isinstance(prompts, str):
             prompts = [prompts]
+        if self._auto_upcast and self._upcast_here() != self.matmul_upcast:  # moved since the last call
+            self.matmul_upcast = self._upcast_here()
+            self.model.set_matmul_upcast(self.matmul_upcast)
         out = []
         for prompt in prompts:
             ids, mask = self.tokenizer([prompt], text_len=self.text_len)  # [1, text_len] each
