@@ -345,7 +345,7 @@ def _load_expert(spec, name: str, rt: RuntimeConfig, device: torch.device, works
 def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, vae=None,
                   text_encoder=None, tokenizer=None, weights=None, offload=None,
                   text_encoder_device=None, spec=None, per_token_time: bool = False,
-                  runtime: RuntimeConfig | None = None, loras=None) -> WanPipeline:
+                  runtime: RuntimeConfig | None = None, loras=None, text_weights=None) -> WanPipeline:
     """Load a pipeline from a checkpoint folder (None: the built-in demo model).
 
     `runtime`: a `RuntimeConfig` from `wanmoe.request.runtime_config`; without one it is built
@@ -354,6 +354,7 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
     under fp32; quantised files such as GGUF stay quantised); "keep" = as stored; "bf16" = block
     linears stored in bf16 even for fp32 compute (like the official --convert_model_dtype);
     "fp8"/"int8" = block linears quantised after loading (wanmoe.runtime.quant).
+    `text_weights` None / "fp8" / "int8": the umT5 linears as stored or quantised while loading.
     `loras`: {expert name: [(file, strength), ...]} (`wanmoe.request.lora_plan`); the files are
     read and matched against the model before any weight loads.
     """
@@ -364,7 +365,8 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
     from .text.tokenizer import load_tokenizer
 
     rt = runtime or runtime_config(device, dtype, weights=weights, offload=offload,
-                                   text_device=text_encoder_device, per_token_time=per_token_time)
+                                   text_device=text_encoder_device, per_token_time=per_token_time,
+                                   text_weights=text_weights)
     t0 = time.perf_counter()
     if spec is None:
         spec = resolve(path, high=high, low=low, vae=vae, text_encoder=text_encoder,

@@ -71,3 +71,15 @@ def test_text_weights_is_validated_before_any_weight_loads(a14b_dir, tmp_path, n
     with pytest.raises(SystemExit):  # argparse refuses the value
         cli.main(["generate", "x", "--ckpt-dir", str(a14b_dir), *ARGS, "--text-weights", "int4"])
     assert "--text-weights" in capsys.readouterr().err
+
+
+def test_python_api_text_weights_and_gguf_encoder(a14b_dir, tmp_path):
+    from wanmoe.pipeline import load_pipeline
+    from wanmoe.runtime.quant.linear import FP8Linear, GGUFLinear
+
+    pipe = load_pipeline(a14b_dir, device="cpu", text_weights="fp8")
+    assert sum(isinstance(m, FP8Linear) for m in pipe.text_encoder.model.modules()) == 7 * 2
+    path = _t5_to_gguf(a14b_dir / "models_t5_umt5-xxl-enc-bf16.pth", tmp_path / "q8.gguf", "Q8_0")
+    pipe = load_pipeline(a14b_dir, device="cpu", text_encoder=path)
+    assert sum(isinstance(m, GGUFLinear) for m in pipe.text_encoder.model.modules()) == 7 * 2
+    assert not any(isinstance(m, GGUFLinear) for e in pipe.experts.values() for m in e.modules())
