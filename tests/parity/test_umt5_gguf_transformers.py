@@ -21,6 +21,7 @@ from wanmoe.loading.components import load_text_encoder, text_encoder_bytes  # n
 from wanmoe.loading.detect import detect_file  # noqa: E402
 from wanmoe.runtime.quant.linear import FP8Linear, GGUFLinear, Int8Linear  # noqa: E402
 from wanmoe.runtime.quant.quantize import quantize_q4_k  # noqa: E402
+from wanmoe.runtime.quant.text import GGUFEmbedding, text_installer  # noqa: E402
 from wanmoe.runtime.text_placement import module_bytes  # noqa: E402
 from wanmoe.text.encoder import TextEncoder  # noqa: E402
 
@@ -136,11 +137,15 @@ def test_gguf_encoder_matches_transformers_on_the_values_it_holds(tmp_path, kind
     n_gguf = sum(isinstance(m, GGUFLinear) for m in ours.modules())
     quantised = kind.startswith("Q")
     assert n_gguf == (LINEARS if quantised else 0)  # quantised linears stay quantised
-    emb = ours.token_embedding.weight
-    assert emb.dtype == torch.float32 and torch.equal(emb, held["shared.weight"])  # dequantised once, exactly
+    emb = ours.token_embedding
+    if quantised:  # kept as blocks; a lookup decodes exactly the values the file holds
+        assert isinstance(emb, GGUFEmbedding) and emb.qtype == kind
+        assert torch.equal(emb(torch.arange(VOCAB)), held["shared.weight"])
+    else:
+        assert emb.weight.dtype == torch.float32 and torch.equal(emb.weight, held["shared.weight"])
     if quantised:  # the blocks kept: bytes as stored, not as float32
         float32_bytes = sum(t.numel() * 4 for k, t in held.items() if k != "encoder.embed_tokens.weight")
-        assert module_bytes(ours) < 0.5 * float32_bytes
+        assert module_bytes(ours) < (0.3 if kind == "Q8_0" else 0.2) * float32_bytes
     out, ref = _outputs(ours, _reference(held))
     err = rel_err(out, ref)
     print(f"{kind}: max|ours-hf|/max|hf| = {err:.2e}")
@@ -222,3 +227,25 @@ def test_bf16_upcast_path_of_quantised_linears_is_the_bf16_gemm(tmp_path, monkey
     # as far from fp32 as bf16 goes on this (noise-amplifying) random encoder (measured 3.4 %)
     assert l2(up, plain) < 2e-2
     assert l2(up, ref) < 5e-2 and l2(plain, ref) < 5e-2
+
+
+def test_kept_embedding_equals_the_dequantised_once_table(tmp_path):
+    # the two ways to hold a quantised token embedding give the same encoder output, bit for bit
+    from wanmoe.loading.components import _opened
+    from wanmoe.loading.stream import empty_weights, stream_load
+    from wanmoe.text.umt5 import UMT5Encoder
+
+    path = tmp_path / "q4k.gguf"
+    _export(_hf_model(), path, "Q4_K")
+    kept = load_text_encoder(path, dtype=torch.bfloat16)
+    with _opened(path, "text_encoder") as (src, key_map, det):
+        with empty_weights():
+            dense = UMT5Encoder(det.t5_config())
+        stream_load(dense, src, dtype=torch.bfloat16, key_map=key_map,
+                    install_quantized=text_installer(torch.bfloat16, keep_embedding=False))
+    assert isinstance(kept.token_embedding, GGUFEmbedding)
+    assert type(dense.token_embedding) is torch.nn.Embedding and dense.token_embedding.weight.dtype == torch.bfloat16
+    ids, mask = _ids_and_mask([LEN, 9])
+    with torch.no_grad():
+        assert torch.equal(kept.token_embedding(ids), dense.token_embedding(ids))
+        assert torch.equal(kept(ids, mask), dense(ids, mask))

@@ -106,8 +106,8 @@ def load_text_encoder(path, dtype: torch.dtype = torch.bfloat16,
     """UMT5Encoder from the official .pth, a HF safetensors folder/file or a llama.cpp GGUF.
 
     Float tensors are stored in `dtype` (bf16 read as bf16). GGUF-quantised linears stay
-    quantised (`GGUFLinear`, dequantised per matmul, sharing `workspace`); a quantised token
-    embedding is dequantised once into `dtype`. `weights="fp8"|"int8"` quantises the block
+    quantised (`GGUFLinear`, dequantised per matmul, sharing `workspace`); so does a quantised
+    token embedding (`GGUFEmbedding`: each lookup dequantises its rows into `dtype`). `weights="fp8"|"int8"` quantises the block
     linears per output channel as each one is read (`FP8Linear` / `Int8Linear`).
     """
     from wanmoe.runtime.quant.text import check_text_weights, text_installer
@@ -125,9 +125,9 @@ def load_text_encoder(path, dtype: torch.dtype = torch.bfloat16,
 
 def text_encoder_bytes(path, dtype: torch.dtype = torch.bfloat16, weights: str | None = None) -> int:
     """Bytes `load_text_encoder(path, dtype, weights=weights)` will hold, from the headers only:
-    GGUF-quantised linears at their stored size, fp8/int8 linears one byte per weight plus a
+    GGUF-quantised linears and token embedding at their stored size, fp8/int8 linears one byte per weight plus a
     float32 scale per row, everything else in `dtype`."""
-    from wanmoe.runtime.quant.text import is_t5_linear_weight
+    from wanmoe.runtime.quant.text import EMBEDDING, is_t5_linear_weight
 
     total = 0
     with _opened(path, "text_encoder") as (src, key_map, _):
@@ -139,8 +139,8 @@ def text_encoder_bytes(path, dtype: torch.dtype = torch.bfloat16, weights: str |
             numel = math.prod(shape)
             if is_t5_linear_weight(off) and weights:
                 total += numel + shape[0] * 4
-            elif is_t5_linear_weight(off) and isinstance(src.dtype(name), str):
-                total += src.nbytes(name)
+            elif (is_t5_linear_weight(off) or off == EMBEDDING) and isinstance(src.dtype(name), str):
+                total += src.nbytes(name)  # kept quantised
             else:
                 total += numel * dtype.itemsize
     return total

@@ -223,7 +223,7 @@ def _check_gguf_t5_metadata(metadata: Mapping, dims: dict, notes: list[str]) -> 
     (the shapes win; a disagreement means a broken file)."""
     arch = metadata.get("general.architecture")
     notes.append(f"llama.cpp T5 GGUF (general.architecture {arch!r}; token_embd, enc.blk.N.*): "
-                 "quantised linears stay quantised, a quantised token embedding is dequantised once")
+                 "quantised tensors stay quantised on load (linears and the token embedding)")
     if not isinstance(arch, str):
         return
     for key, dim in _GGUF_T5_KEYS.items():

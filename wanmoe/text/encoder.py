@@ -36,13 +36,13 @@ class TextEncoder:
 
     def _upcast_here(self) -> bool:
         """The automatic choice for where the model is now (it may have moved to a GPU to encode)."""
-        weight = self.model.token_embedding.weight
+        weight = self.model.norm.weight  # the token embedding may be a quantised table
         return weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and cpu_lacks_bf16()
 
     @property
     def device(self) -> torch.device:
-        """Where the model runs: the device of its token embedding (CPU for a `--t5-cpu` setup)."""
-        return self.model.token_embedding.weight.device
+        """Where the model runs: the device of its weights (CPU for a `--t5-cpu` setup)."""
+        return self.model.norm.weight.device
 
     @property
     def text_len(self) -> int:

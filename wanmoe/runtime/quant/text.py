@@ -6,9 +6,12 @@ arrives quantised (`GGUFWeight` from a GGUF file, `ChannelWeight` from `--text-w
 
 * a linear weight (q, k, v, o, gate, fc1, fc2 of every block) becomes a `GGUFLinear`,
   `FP8Linear` or `Int8Linear`: the one weight path, dequantised per matmul into the input dtype;
-* anything else that a file stores quantised (the token embedding of llama.cpp quants, and in
-  principle a norm or position table) is dequantised once into the T5's dtype, row chunk by
-  row chunk (no float32 copy of the 1 G-element umT5-XXL embedding).
+* a quantised token embedding (llama.cpp quants store it like the linears) stays quantised
+  as a `GGUFEmbedding`: each lookup dequantises only the rows of the ids it is given (GGUF
+  blocks run along a row, so the values are exactly those of the whole table dequantised);
+  with `keep_embedding=False` it is dequantised once into the T5's dtype instead;
+* anything else stored quantised (in principle a norm or position table) is dequantised once,
+  row chunk by row chunk (no float32 copy of a large table).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from wanmoe.runtime.weights import set_module
 TEXT_WEIGHT_MODES = ("fp8", "int8")  # --text-weights; None = as stored
 # official names of the umT5 block linears (module paths, no ".weight")
 T5_LINEAR_RE = re.compile(r"^blocks\.\d+\.(attn\.[qkvo]|ffn\.(gate\.0|fc1|fc2))$")
+EMBEDDING = "token_embedding.weight"
 EMBED_CHUNK_ROWS = 8192  # rows dequantised at a time (umT5-XXL: 8192 x 4096 fp32 = 128 MiB)
 
 
@@ -84,7 +88,36 @@ def dequantize_rows(value: GGUFWeight, dtype: torch.dtype, chunk: int = EMBED_CH
     return out
 
 
-def text_installer(dtype: torch.dtype, device=None, workspace: DequantWorkspace | None = None):
+class GGUFEmbedding(nn.Module):
+    """Token embedding kept in GGUF blocks; a lookup dequantises the looked-up rows only.
+
+    Holds uint8 `[num_embeddings, row_bytes]`; `dtype` is the output dtype (the encoder's).
+    """
+
+    def __init__(self, weight: GGUFWeight, dtype: torch.dtype) -> None:
+        super().__init__()
+        if len(weight.shape) != 2:
+            raise ValueError(f"an embedding table is 2-D, got shape {weight.shape}")
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.qtype, self.dtype = weight.qtype, dtype
+        self.register_buffer("qweight", weight.data, persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        rows = self.qweight.index_select(0, flat)  # [n, row_bytes]
+        out = dequantize(rows, self.qtype, (flat.numel(), self.embedding_dim), self.dtype)
+        return out.reshape(*ids.shape, self.embedding_dim)
+
+    def dequantized(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The whole table, dense (for checks; the forward never builds it)."""
+        return dequantize(self.qweight, self.qtype, (self.num_embeddings, self.embedding_dim), dtype or self.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, qtype={self.qtype}, dtype={self.dtype}"
+
+
+def text_installer(dtype: torch.dtype, device=None, workspace: DequantWorkspace | None = None,
+                   keep_embedding: bool = True):
     """`install_quantized(module, name, value)` for `stream_load` into a `UMT5Encoder`."""
 
     def install(model: nn.Module, name: str, value) -> None:
@@ -93,6 +126,10 @@ def text_installer(dtype: torch.dtype, device=None, workspace: DequantWorkspace 
         if is_t5_linear_weight(name) and isinstance(owner, nn.Linear):
             _check_shape(name, value.shape, (owner.out_features, owner.in_features))
             set_module(model, owner_name, _quant_linear(value, device, workspace))
+            return
+        if keep_embedding and name == EMBEDDING and isinstance(value, GGUFWeight) and isinstance(owner, nn.Embedding):
+            _check_shape(name, value.shape, (owner.num_embeddings, owner.embedding_dim))
+            set_module(model, owner_name, GGUFEmbedding(value if device is None else value.to(device), dtype))
             return
         target = getattr(owner, leaf, None)
         if not isinstance(target, torch.Tensor) or not isinstance(value, GGUFWeight):
