@@ -207,7 +207,8 @@ class Worker(threading.Thread):
                 result = run(None)
         else:
             result = run(None)
-        return write_mp4(self.data.video(job["id"]), result.frames, result.fps)
+        # one x264 thread: the same frames always give the same file (video.write_mp4)
+        return write_mp4(self.data.video(job["id"]), result.frames, result.fps, threads=1)
 
 
 def wait_idle(workers: list[Worker], timeout: float | None) -> bool:
