@@ -190,9 +190,7 @@ class Worker(threading.Thread):
         every = self.checkpoint_every
 
         def run(resume):
-            from ._compat import generate
-
-            return generate(self.pipe, req["prompt"], req.get("negative_prompt"), settings=settings,
+            return self.pipe.generate(req["prompt"], req.get("negative_prompt"), settings=settings,
                                       progress=False, on_step=on_step, vae_tiling=self.vae_tiling,
                                       checkpoint=ckpt if every > 0 else None,
                                       checkpoint_every=every, resume=resume)
