@@ -172,7 +172,7 @@ class WanBlock(nn.Module):
             rows = None if rope is None else rope[i:j]
             q[:, i:j] = sa.queries(hl, lowp, rows)
             k[:, i:j], v[:, i:j] = sa.keys_values(hl, lowp, rows)
-            del hl
+            del hl, m  # the chunk's modulation rows (per-token time: [B, c, 6, d] fp32)
         y = sa.attn_fn(q, k, v, k_lens)  # [B, L, N, hd]
         del q, k, v
         out = torch.empty(b, n, d, dtype=torch.float32, device=x.device)

@@ -25,6 +25,7 @@ from functools import lru_cache
 import torch
 
 from wanmoe.configs import ModelPreset
+from wanmoe.models.layers import CHUNK_THRESHOLD, CHUNK_TOKENS
 from wanmoe.runtime.quant.estimate import dit_entries, tensor_bytes, tensor_types
 
 WEIGHT_FORMATS = ("bf16", "fp8", "int8", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M")
@@ -171,17 +172,34 @@ def vae_bytes(preset: ModelPreset) -> int:
 # ---- activations ---------------------------------------------------------------------------
 
 def dit_activation_bytes(preset: ModelPreset, tokens: int, batch: int = 1,
-                         dtype: torch.dtype = torch.bfloat16, per_token_time: bool = False) -> int:
-    """Peak bytes of one DiT forward's activations (weights excluded), see the module docstring."""
+                         dtype: torch.dtype = torch.bfloat16, per_token_time: bool = False,
+                         chunk_threshold: int = CHUNK_THRESHOLD, chunk_tokens: int = CHUNK_TOKENS) -> int:
+    """Peak bytes of one DiT forward's activations (weights excluded), see the module docstring.
+
+    From `chunk_threshold` tokens on the blocks run their per-token work in chunks of
+    `chunk_tokens` tokens (`WanBlock.forward_chunked`); below it the whole sequence at once.
+    """
     cfg = preset.dit
     d, t_len, w = cfg.dim, cfg.text_len, dtype.itemsize
     u = batch * tokens * d
     r = cfg.ffn_dim / d
-    self_attn = 24 * u + 24 * batch * min(ROPE_CHUNK, tokens) * d
-    cross = 32 * u if w == 2 else 28 * u + 8 * batch * t_len * d
-    ffn = 12 * u + 2 * w * r * u
-    held = w * u + 4 * u + (52 * u if per_token_time else 0)
-    small = tokens * (d // cfg.num_heads) * 8 + batch * t_len * d * w
+    held = w * u + 4 * u  # the patch tokens (held by the forward) and the block's input
+    small = tokens * (d // cfg.num_heads) * 8 + batch * t_len * d * w  # RoPE table, text context
+    if tokens >= chunk_threshold:
+        bcd = batch * min(chunk_tokens, tokens) * d  # one chunk's [B, c, d] in bytes-per-element
+        projections = 3 * w * u + (w + 24 + (24 if per_token_time else 0)) * bcd  # q/k/v + chunk
+        attention = 4 * w * u  # q, k, v and the attention output
+        update = (4 + w) * u + 12 * bcd  # attention output + the fp32 block output
+        act = max(projections, attention, update)
+        if per_token_time:
+            held += 28 * u  # e [B, L, d] and e0 [B, L, 6, d] in fp32
+        return int(act + held + small)
+    c = min(ROPE_CHUNK, tokens)
+    self_attn = 24 * u + 16 * batch * c * d
+    cross = 26 * u if w == 2 else 20 * u + 8 * batch * t_len * d
+    ffn = (8 + (w if w == 2 else 0) + 2 * w * r) * u
+    if per_token_time:
+        held += 52 * u  # e, e0 and the block's modulation sum [B, L, 6, d] in fp32
     return int(max(self_attn, cross, ffn) + held + small)
 
 
