@@ -191,6 +191,19 @@ def _cmd_plan(args) -> int:
 
 # ---- pre-flight (the generate command, before any weight is read) -------------------------
 
+def _auto_tile(preset, rt, settings, fmt: str, vram: int):
+    """The tile `runtime.memory.auto_vae_tile` picks for the decode stage of this run."""
+    from .runtime.memory import CUDA_CONTEXT, auto_vae_tile
+
+    req = MemoryRequest(preset, settings.width, settings.height, settings.frames, fmt,
+                        rt.offload.value, rt.resident_blocks, rt.dtype, rt.per_token_time,
+                        rt.batched_cfg, None, rt.text_device is None or rt.text_device.type != "cpu")
+    pred = predict(req)
+    other = pred.stages["vae decode"] - pred.parts["vae_decode"]  # resident while decoding
+    return auto_vae_tile(preset, settings.width, settings.height, settings.frames,
+                         vram - CUDA_CONTEXT - other)
+
+
 def memory_preflight(preset, rt, settings, vram: int, tile=None, expert_files=()) -> None:
     """Refuse (InputError, one line) a run the memory model says cannot fit `vram` bytes.
 
@@ -203,6 +216,8 @@ def memory_preflight(preset, rt, settings, vram: int, tile=None, expert_files=()
     fmt = weight_format(rt, expert_files)
     if fmt is None or rt.offload is OffloadMode.AUTO:
         return
+    if tile is None:  # the decode tiles itself when memory is short (Pipeline.decode)
+        tile = _auto_tile(preset, rt, settings, fmt, vram)
     req = MemoryRequest(preset, settings.width, settings.height, settings.frames, fmt,
                         rt.offload.value, rt.resident_blocks, rt.dtype, rt.per_token_time,
                         rt.batched_cfg, tile, rt.text_device is None or rt.text_device.type != "cpu")

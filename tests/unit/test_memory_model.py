@@ -280,3 +280,43 @@ def test_issue_goals_on_the_planner_and_the_trace():
 
     nb, _ = expert_bytes(T2V_A14B, "fp8")
     assert len(T2V_A14B.experts) * (nb + streamed_host_bytes(T2V_A14B, "fp8")) <= 32e9
+
+
+# ---- the VAE decode tiles itself when memory is short ----------------------------------------
+
+def test_auto_vae_tile_picks_the_largest_tile_that_fits():
+    from wanmoe.runtime.memory import auto_vae_tile, vae_decode_bytes
+    from wanmoe.runtime.offload import decode_tiling_for
+    from wanmoe.vae.tiling import TileSpec
+
+    w, h = SIZES["720P"]
+    untiled = vae_decode_bytes(T2V_A14B, w, h, 81)  # 16.8 GB working memory + the video
+    assert auto_vae_tile(T2V_A14B, w, h, 81, untiled) is None
+    # the ladder: halves (45x80: 4.87 GB predicted), thirds (30x54: 2.68 GB), quarters (23x40)
+    ladder = [(45, 80, 8), (30, 54, 8), (23, 40, 8)]
+    for available, want in ((untiled - 1, 0), (6e9, 0), (4.8e9, 1), (2.0e9, 2)):
+        tile = auto_vae_tile(T2V_A14B, w, h, 81, int(available))
+        assert tile == ladder[want], (available, tile)
+        assert vae_decode_bytes(T2V_A14B, w, h, 81, tile) <= available
+        assert want == 0 or vae_decode_bytes(T2V_A14B, w, h, 81, ladder[want - 1]) > available
+    # nothing fits (the 81-frame video alone is 0.9 GB): the smallest tile of the ladder
+    assert auto_vae_tile(T2V_A14B, w, h, 81, 10**8) == ladder[-1]
+    # latents [C, F, h, w] -> a TileSpec the decoder takes
+    assert decode_tiling_for(T2V_A14B, (16, 21, 90, 160), int(6e9)) == TileSpec(45, 80, 8)
+    assert decode_tiling_for(T2V_A14B, (16, 21, 90, 160), 10**12) is None
+
+
+def test_preflight_counts_on_the_automatic_decode_tiling():
+    from wanmoe.plan import memory_preflight
+    from wanmoe.request import runtime_config
+    from wanmoe.validate import settings_for
+
+    # 720P bf16 with block streaming and the T5 on the CPU on a 16 GiB card: the denoise stage
+    # fits (non-block + 2 blocks + 5.5 GB of activations = 8.3 GB), the untiled decode (16.8 GB +
+    # VAE weights + context) does not; the decode tiles itself, so the run is not refused.
+    settings = settings_for(T2V_A14B, size="1280*720", seed=0)
+    rt = runtime_config("cpu", "bf16", offload="blocks:2", text_device="cpu")
+    untiled = predict(MemoryRequest(T2V_A14B, 1280, 720, 81, "bf16", "blocks", 2,
+                                    text_on_device=False))
+    assert untiled.vram_stage == "vae decode" and not fits(untiled, 16 * 2**30)[0]
+    memory_preflight(T2V_A14B, rt, settings, 16 * 2**30)  # no InputError

@@ -72,6 +72,7 @@ class MemoryPrediction:
     vram_stage: str
     ram_stage: str
     parts: dict[str, int] = field(default_factory=dict)
+    stages: dict[str, int] = field(default_factory=dict)  # device bytes of every stage
 
 
 # ---- weights -------------------------------------------------------------------------------
@@ -231,6 +232,30 @@ def vae_decode_bytes(preset: ModelPreset, width: int, height: int, frames: int,
     return per_px * area + 3 * frames * width * height * 4
 
 
+VAE_TILE_OVERLAP = 8  # latent pixels shared by neighbouring tiles (the --vae-tile default)
+
+
+def auto_vae_tile(preset: ModelPreset, width: int, height: int, frames: int,
+                  available: int) -> tuple[int, int, int] | None:
+    """The decode's tiling when memory is short: None when the untiled decode fits `available`
+    bytes, else the largest latent tile (h, w, overlap) of the halving ladder (1/2, 1/3, 1/4,
+    ... of the latent height and width) whose predicted working memory fits; the smallest tried
+    (h, w >= 2 overlap + 4) when none does (the output video alone may not fit)."""
+    if vae_decode_bytes(preset, width, height, frames) <= available:
+        return None
+    _, sh, sw = preset.vae.stride
+    lh, lw = height // sh, width // sw
+    tile = None
+    for parts in range(2, max(lh, lw) + 1):
+        th, tw = -(-lh // parts), -(-lw // parts)
+        if min(th, tw) < 2 * VAE_TILE_OVERLAP + 4:
+            break
+        tile = (th, tw, VAE_TILE_OVERLAP)
+        if vae_decode_bytes(preset, width, height, frames, tile) <= available:
+            return tile
+    return tile or (lh, lw, 0)
+
+
 # ---- the whole run -------------------------------------------------------------------------
 
 def predict(req: MemoryRequest) -> MemoryPrediction:
@@ -271,7 +296,7 @@ def predict(req: MemoryRequest) -> MemoryPrediction:
     parts = {"dit_weights_device": dit_run, "dit_activations": act, "weight_transient": transient,
              "text_encoder": t5, "vae_weights": vae, "vae_decode": decode, "expert": expert,
              "expert_block": block, "expert_non_block": non_block}
-    return MemoryPrediction(stages[vstage], ram[rstage], vstage, rstage, parts)
+    return MemoryPrediction(stages[vstage], ram[rstage], vstage, rstage, parts, stages)
 
 
 def fits(pred: MemoryPrediction, vram: int, ram: int | None = None) -> tuple[bool, str]:
@@ -316,5 +341,5 @@ def tokens_for(preset: ModelPreset, width: int, height: int, frames: int) -> int
     return MemoryRequest(preset, width, height, frames).tokens
 
 
-__all__ = ["weight_format", "auto_offload", "MemoryRequest", "MemoryPrediction", "predict", "fits", "dit_activation_bytes",
+__all__ = ["auto_vae_tile", "weight_format", "auto_offload", "MemoryRequest", "MemoryPrediction", "predict", "fits", "dit_activation_bytes",
            "expert_bytes", "gguf_bits_per_weight", "WEIGHT_FORMATS", "OFFLOAD_MODES"]
