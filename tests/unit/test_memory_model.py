@@ -320,3 +320,14 @@ def test_preflight_counts_on_the_automatic_decode_tiling():
                                     text_on_device=False))
     assert untiled.vram_stage == "vae decode" and not fits(untiled, 16 * 2**30)[0]
     memory_preflight(T2V_A14B, rt, settings, 16 * 2**30)  # no InputError
+
+
+def test_planner_shows_the_tile_the_decode_picks():
+    from wanmoe.plan import plan_row
+
+    # 720P Q4_K_M blocks:2 on a 12 GiB card: the untiled decode (16.8 GB) does not fit, the
+    # denoise stage does; the row fits with the T5 on the CPU and the decode's own tile
+    # (halves: 4.9 GB), the same one Pipeline.decode would pick on that card.
+    req = MemoryRequest(T2V_A14B, 1280, 720, 81, "Q4_K_M", "blocks", 2)
+    row = plan_row(req, 12 * 2**30, None, None, 40)
+    assert row["fits"] and row["flags"] == "--t5-cpu --vae-tile 45,80,8", row

@@ -4,14 +4,18 @@ Everything is computed from the model's dims (no checkpoint, no allocation). The
 its evidence are in docs/memory.md; in short, with u = B * L * d bytes-per-element units
 (B batch, L tokens, d hidden size, w = 2 for a bf16 run, 4 for fp32, r = ffn_dim / d):
 
-* DiT activations: the largest of three phases of a block (read off the block's forward and
-  checked against a live-byte trace of the real-size block, `runtime.memtrace`):
-    self-attention   24 u + 24 B c d      (c = RoPE chunk: float64 / complex128 temporaries)
-    cross-attention  32 u (bf16) | 28 u + 8 B T d (fp32)      (T = text_len)
-    FFN              12 u + 2 w r u
+* DiT activations: the largest phase of a block (read off the block's forward and checked
+  against a live-byte trace of the real-size block, `runtime.memtrace`). From CHUNK_THRESHOLD
+  tokens on the block runs chunked (`WanBlock.forward_chunked`, chunks of c tokens, bcd = B c d):
+    q/k/v projections   3 w u + (w + 24) bcd        attention   4 w u
+    o projection        (4 + w) u + 12 bcd
+  below it (or with chunking off) the whole sequence at once:
+    self-attention   24 u + 16 B c d      (c = RoPE chunk: float64 / complex128 temporaries)
+    cross-attention  26 u (bf16) | 20 u + 8 B T d (fp32)      (T = text_len)
+    FFN              (8 + w [bf16] + 2 w r) u
   plus what the forward holds across blocks: the patch tokens (w u) and the block input (4 u),
   the RoPE table (L * hd * 8), the text context (B T d w), and with per-token time the fp32
-  e / e0 tensors and the block's modulation sum (52 u).
+  e / e0 tensors (28 u; whole-sequence also the block's modulation sum, 24 u).
 * Weights: per format, the block linears at their storage type (GGUF: bits per weight from the
   block sizes of `quant.gguf_dequant.QUANT_SIZES`), everything else at `WanDiT.storage_dtype`.
 * Stages run one after another; the peak is the largest of load, text encode, denoise, decode.
