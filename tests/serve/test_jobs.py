@@ -94,3 +94,16 @@ def test_loras_only_name_files_in_the_lora_dir(tmp_path):
         with pytest.raises(RequestError) as e:
             normalise({"prompt": "x", "loras": [bad]}, DEMO, LIMITS, loras=setup)
         assert e.value.field == "loras", (bad, str(e.value))
+
+
+def test_demo_vocabulary_warnings():
+    vocabulary = pytest.importorskip("wanmoe.demo.vocabulary",
+                                     reason="the demo vocabulary (branch vocab) is not merged yet")
+    from wanmoe.serve.jobs import demo_vocabulary
+
+    words = demo_vocabulary(DEMO)
+    assert words and words == sorted(set(vocabulary.known_words()))
+    _, warnings = normalise({"prompt": "a red ball zorbles"}, DEMO, LIMITS)
+    assert len(warnings) == 1 and "zorbles" in warnings[0]
+    known = " ".join(words[:3])
+    assert normalise({"prompt": known}, DEMO, LIMITS)[1] == []
