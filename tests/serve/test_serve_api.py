@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.serve.conftest import CHEAP, ServeProcess, ended_lines
+from helpers_serve import CHEAP, ServeProcess, ended_lines
 
 TOKEN = "s3cret-token"
 

@@ -9,7 +9,7 @@ import threading
 import time
 from collections import Counter
 
-from tests.serve.conftest import CHEAP, ended_lines
+from helpers_serve import CHEAP, ended_lines
 
 N_JOBS = 200
 QUEUE = 50

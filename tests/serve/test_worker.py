@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.helpers_lora import block_modules, lora_factors, write_layout
+from helpers_lora import block_modules, lora_factors, write_layout
 from wanmoe.pipeline import load_pipeline
 from wanmoe.request import runtime_config
 from wanmoe.serve.jobs import LoraSetup, default_limits, normalise

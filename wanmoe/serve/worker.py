@@ -135,6 +135,10 @@ class Worker(threading.Thread):
             self.current = job["id"]
             try:
                 self.run_job(job)
+            except Exception as e:  # the store failed while ending the job: the lease will
+                # run out and the job be claimed again; this worker goes on with the next one
+                log.error("job %s: could not be ended (%s)", job["id"], one_line(e))
+                self.bell.wait(1.0)
             finally:
                 self.current = None
 
@@ -216,7 +220,7 @@ class Worker(threading.Thread):
             from ..video import save_latents
 
             save_latents(self.data.latents(job["id"]), result.latents)
-        return write_mp4(self.data.video(job["id"]), result.frames, result.fps, threads=1)
+        return write_mp4(self.data.video(job["id"]), result.frames, result.fps)
 
 
 def wait_idle(workers: list[Worker], timeout: float | None) -> bool:
