@@ -62,6 +62,9 @@ def _add_generate(sub) -> None:
                    help="a named set of sampling values; lightning = --solver euler-lightning "
                         "--steps 4 --shift 5 --guide-scale 1 (for the 4-step distilled LoRAs); "
                         "flags given explicitly win")
+    g.add_argument("--cfg-steps", type=int, default=None, metavar="K",
+                   help="phased guidance: real CFG on the first K steps only, guidance 1 (one "
+                        "forward, no unconditional pass) after; default: CFG on every step")
     g.add_argument("--seed", type=int, default=-1, help="-1 = random (printed)")
     lo = p.add_argument_group("LoRA (FILE or FILE:STRENGTH, repeatable; any common layout)")
     lo.add_argument("--lora", action="append", default=[], metavar="FILE[:S]",
@@ -203,7 +206,7 @@ def _generate(args) -> int:
     seed = args.seed if plan is None else shared_seed(args.seed, plan, rt.device)
     settings = settings_for(spec.preset, size=args.size, frames=args.frames,
                             boundary=args.boundary, boundary_snr=args.boundary_snr,
-                            seed=seed, **_sampling_values(args))
+                            seed=seed, cfg_steps=args.cfg_steps, **_sampling_values(args))
     check_memory(spec.preset, settings.width, settings.height, settings.frames, rt.device, rt.dtype,
                  rt.batched_cfg)
     loras = lora_plan(spec.preset, args.lora, args.lora_high, args.lora_low)

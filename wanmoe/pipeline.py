@@ -191,7 +191,7 @@ class WanPipeline:
         """
         from .runtime.cache import StepCache, parse_cache
         from .sampling import make_solver
-        from .sampling.guidance import CFGDenoiser
+        from .sampling.guidance import CFGDenoiser, PhasedGuidance
         from .sampling.loop import denoise
 
         schedule = settings.schedule if settings.preset is not None else \
@@ -207,6 +207,9 @@ class WanPipeline:
             denoiser = make_denoiser(self.experts, cond, uncond, self.parallel_groups, batched)
         else:
             denoiser = CFGDenoiser(self.experts, cond, uncond, batched=batched)
+        self.last_denoiser = denoiser  # its `calls` count the DiT forwards of this sample()
+        if getattr(settings, "cfg_steps", None) is not None:  # phased guidance (--cfg-steps)
+            denoiser = PhasedGuidance(denoiser, settings.cfg_steps)
         spec = parse_cache(cache) if cache is not None else self.runtime.cache
         step_cache = None
         if spec is not None and spec.enabled:
@@ -237,7 +240,7 @@ class WanPipeline:
                  steps=None, shift=None, guide_scale=None, boundary=None, solver="unipc",
                  seed=-1, batched_cfg=None, progress=True, *, boundary_snr=None,
                  settings: GenerationRequest | None = None, vae_tiling=None,
-                 cache=None, decode: bool = True) -> GenerationResult:
+                 cache=None, decode: bool = True, cfg_steps=None) -> GenerationResult:
         """Text -> video. Unset values are the preset's official defaults (spec §1.2).
 
         decode=False skips the VAE (frames is then an empty tensor): the non-zero ranks of a
@@ -253,7 +256,8 @@ class WanPipeline:
         if settings is None:
             settings = self.settings(size=size, frames=frames, steps=steps, shift=shift,
                                      guide_scale=guide_scale, boundary=boundary,
-                                     boundary_snr=boundary_snr, solver=solver, seed=seed)
+                                     boundary_snr=boundary_snr, solver=solver, seed=seed,
+                                     cfg_steps=cfg_steps)
         from .preflight import check_memory
 
         check_memory(self.preset, settings.width, settings.height, settings.frames, self.device,
