@@ -90,6 +90,10 @@ def _add_generate(sub) -> None:
     r.add_argument("--attention", default="auto", choices=list(ATTENTION_BACKENDS),
                    help="attention backend (auto: flash-attn when installed and on CUDA, else "
                         "torch SDPA; reference: plain fp32 softmax)")
+    r.add_argument("--fp8-matmul", default="dequant", choices=["dequant", "scaled", "auto"],
+                   help="fp8 weights (--weights fp8, scaled-fp8 files): dequant = dequantise + matmul "
+                        "(default); auto = torch._scaled_mm with per-token activation scales on GPUs "
+                        "with fp8 tensor cores (compute capability >= 8.9), else dequant")
     r.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU")
     r.add_argument("--batched-cfg", action="store_true",
                    help="run the conditional and unconditional passes as one batch of 2")
@@ -188,7 +192,7 @@ def _generate(args) -> int:
     rt = runtime_config(args.device, args.dtype, weights=args.weights, offload=args.offload,
                         text_device="cpu" if args.t5_cpu else None, attention=args.attention,
                         batched_cfg=args.batched_cfg, per_token_time=args.per_token_time,
-                        lora_mode=args.lora_mode, cache=args.cache)
+                        lora_mode=args.lora_mode, cache=args.cache, fp8_matmul=args.fp8_matmul)
     tiling = parse_vae_tile(args.vae_tile)
     out = _check_out(args.out, ".mp4", "--out")
     latents_path = _check_out(args.save_latents, ".safetensors", "--save-latents")

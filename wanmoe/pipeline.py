@@ -325,7 +325,7 @@ def _load_expert(spec, name: str, rt: RuntimeConfig, device: torch.device, works
     from .loading import open_component
     from .lora.apply import apply_loras
     from .runtime.config import LoRAMode, WeightMode
-    from .runtime.quant.apply import make_installer, quantize_model
+    from .runtime.quant.apply import make_installer, quantize_model, set_fp8_matmul
 
     source, key_map = spec.experts[name], None
     if rt.weights is WeightMode.KEEP:  # scaled-fp8 files stay fp8 (FP8Linear); GGUF stays anyway
@@ -343,6 +343,7 @@ def _load_expert(spec, name: str, rt: RuntimeConfig, device: torch.device, works
     if loras and rt.lora_mode is LoRAMode.RUNTIME:
         apply_loras(model, loras, rt.lora_mode)
     set_attention(model, rt.attention)
+    set_fp8_matmul(model, getattr(rt, "fp8_matmul", "dequant"))
     return model.set_compute_dtype(rt.dtype).set_per_token_time(rt.per_token_time).eval()
 
 
