@@ -88,8 +88,9 @@ def _add_generate(sub) -> None:
     r.add_argument("--no-offload", dest="offload", action="store_const", const="none",
                    help="same as --offload none")
     r.add_argument("--attention", default="auto", choices=list(ATTENTION_BACKENDS),
-                   help="attention backend (auto: flash-attn when installed and on CUDA, else "
-                        "torch SDPA; reference: plain fp32 softmax)")
+                   help="attention backend (auto: on CUDA the fastest of fa3/fa2/cudnn/sdpa kernels, "
+                        "timed once per shape and logged; on CPU torch SDPA; auto+sage: SageAttention "
+                        "as a candidate too (approximate); reference: plain fp32 softmax)")
     r.add_argument("--fp8-matmul", default="dequant", choices=["dequant", "scaled", "auto"],
                    help="fp8 weights (--weights fp8, scaled-fp8 files): dequant = dequantise + matmul "
                         "(default); auto = torch._scaled_mm with per-token activation scales on GPUs "
