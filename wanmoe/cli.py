@@ -96,8 +96,11 @@ def _add_generate(sub) -> None:
                         "(default); auto = torch._scaled_mm with per-token activation scales on GPUs "
                         "with fp8 tensor cores (compute capability >= 8.9), else dequant")
     r.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU")
-    r.add_argument("--batched-cfg", action="store_true",
-                   help="run the conditional and unconditional passes as one batch of 2")
+    r.add_argument("--batched-cfg", action="store_true", default=None,
+                   help="run the conditional and unconditional passes as one batch of 2 (default: "
+                        "on CUDA when the memory model says it fits, separate passes on CPU)")
+    r.add_argument("--no-batched-cfg", dest="batched_cfg", action="store_false",
+                   help="always run the two passes one after another")
     r.add_argument("--vae-tile", metavar="H,W,OVERLAP",
                    help="decode in spatial tiles of HxW latent pixels overlapping by OVERLAP "
                         "(less VAE memory at 720P; e.g. 45,80,8); default: untiled")

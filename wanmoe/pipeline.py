@@ -131,6 +131,7 @@ class WanPipeline:
         self.cache_stats: dict = {}  # what the step cache skipped in the last sample()
         self.cache_log: list = []  # (step, expert, pass, skipped) per forward of that sample()
         self.parallel_groups = None  # wanmoe.parallel.setup.ParallelGroups when runtime.parallel
+        self.cfg_batching = None  # runtime.cfg_batch.CFGBatchDecision of the last sample() (auto)
 
     @property
     def device(self) -> torch.device:
@@ -201,6 +202,9 @@ class WanPipeline:
             model.set_compute_dtype(self.dtype)
         self.placement.activate(schedule.select(solver.timesteps[0]).expert)
         batched = self.runtime.batched_cfg if batched_cfg is None else bool(batched_cfg)
+        if batched is None:  # unset: batch when the memory model says B=2 fits (runtime.cfg_batch)
+            self.cfg_batching = self._decide_batched_cfg(uncond, schedule, settings)
+            batched = self.cfg_batching.batched
         if self.parallel_groups is not None:  # CFG parallel when the plan says so
             from .parallel.setup import make_denoiser
 
@@ -227,6 +231,20 @@ class WanPipeline:
                 self.cache_stats = step_cache.remove()
                 self.cache_log = step_cache.log
         return x, bar.experts
+
+    def _decide_batched_cfg(self, uncond, schedule, settings):
+        from .runtime.cfg_batch import decide_batched_cfg, free_device_bytes
+        from .runtime.memory import tokens_for, weight_format
+
+        has_uncond = uncond is not None and getattr(settings, "cfg_steps", None) != 0 and \
+            any(stage.guidance != 1.0 for stage in schedule.stages)
+        decision = decide_batched_cfg(
+            self.preset, tokens_for(self.preset, settings.width, settings.height, settings.frames),
+            self.dtype, self.device.type, free_device_bytes(self.device),
+            weight_format(self.runtime), self.runtime.per_token_time, has_uncond)
+        if self.device.type == "cuda":
+            print(f"cfg batching: {decision.reason}", file=sys.stderr)
+        return decision
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, tiling=None) -> torch.Tensor:

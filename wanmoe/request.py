@@ -48,9 +48,12 @@ def parse_offload(value) -> tuple[OffloadMode, int]:
 
 
 def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_device=None,
-                   attention: str = "auto", batched_cfg: bool = False, per_token_time: bool = False,
+                   attention: str = "auto", batched_cfg: bool | None = None, per_token_time: bool = False,
                    lora_mode=None, cache="off", fp8_matmul: str = "dequant") -> RuntimeConfig:
-    """Validate runtime choices once (device present, dtype known, modes from their enums)."""
+    """Validate runtime choices once (device present, dtype known, modes from their enums).
+
+    batched_cfg None (default): decided per run from the memory model on CUDA (runtime.cfg_batch),
+    separate passes on CPU."""
     from .runtime.attention import BACKENDS
     from .runtime.cache import parse_cache
 
@@ -59,7 +62,7 @@ def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_
     if attention not in BACKENDS:
         raise InputError(f"attention backend {attention!r} is not one of {', '.join(BACKENDS)}")
     for flag, value in (("batched_cfg", batched_cfg), ("per_token_time", per_token_time)):
-        if not isinstance(value, bool):
+        if not isinstance(value, bool) and not (flag == "batched_cfg" and value is None):
             raise InputError(f"{flag} {value!r} must be True or False")
     from .runtime.quant.linear import FP8_MATMUL
 
