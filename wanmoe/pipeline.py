@@ -276,6 +276,12 @@ class WanPipeline:
                                      guide_scale=guide_scale, boundary=boundary,
                                      boundary_snr=boundary_snr, solver=solver, seed=seed,
                                      cfg_steps=cfg_steps)
+        elif cfg_steps is not None:  # a prepared request, phased here
+            from dataclasses import replace
+
+            from .validate import check_cfg_steps
+
+            settings = replace(settings, cfg_steps=check_cfg_steps(cfg_steps))
         from .preflight import check_memory
 
         check_memory(self.preset, settings.width, settings.height, settings.frames, self.device,

@@ -131,6 +131,14 @@ def check_steps(steps: int) -> None:
                          "noise schedule")
 
 
+def check_cfg_steps(cfg_steps) -> int | None:
+    """--cfg-steps K: None (CFG on every step) or a whole number >= 0."""
+    if cfg_steps is not None and (not _is_int(cfg_steps) or cfg_steps < 0):
+        raise InputError(f"cfg steps {cfg_steps!r} must be a whole number >= 0 (the first K steps "
+                         f"use CFG, the rest guidance 1)")
+    return cfg_steps
+
+
 def check_shift(shift: float) -> None:
     if not math.isfinite(_number("shift", shift)) or float(shift) <= 0:
         raise InputError(f"shift {shift!r} must be a finite number > 0")
@@ -275,9 +283,7 @@ def settings_for(preset: ModelPreset, *, size=None, frames=None, steps=None, shi
     else:
         scales = parse_guide_scale(guide_scale, len(preset.experts))
     b = check_boundary(boundary, boundary_snr, preset)
-    if cfg_steps is not None and (not _is_int(cfg_steps) or cfg_steps < 0):
-        raise InputError(f"cfg steps {cfg_steps!r} must be a whole number >= 0 (the first K steps "
-                         f"use CFG, the rest guidance 1)")
+    check_cfg_steps(cfg_steps)
     return GenerationRequest(width=width, height=height, frames=frames, steps=steps, shift=shift,
                              guide_scale=scales, boundary=b, solver=check_solver(solver),
                              seed=resolve_seed(seed), preset=preset, cfg_steps=cfg_steps)

@@ -98,3 +98,15 @@ def test_bad_cfg_steps_is_an_input_error(pipe, bad):
 def test_cli_refuses_negative_cfg_steps(capsys):
     assert cli.main(["generate", "a ball", "--cfg-steps", "-2", "--out", "x.mp4"]) == 2
     assert "cfg steps -2" in capsys.readouterr().err
+
+
+def test_cfg_steps_on_a_prepared_request(pipe):
+    settings = pipe.settings(size=KW["size"], frames=KW["frames"], steps=KW["steps"], seed=KW["seed"])
+    a = pipe.generate("a red ball", settings=settings, cfg_steps=2, progress=False)
+    assert pipe.last_denoiser.calls == 2 * 2 + (KW["steps"] - 2)
+    b = pipe.generate("a red ball", settings=pipe.settings(size=KW["size"], frames=KW["frames"],
+                                                             steps=KW["steps"], seed=KW["seed"], cfg_steps=2),
+                      progress=False)
+    assert torch.equal(a.latents, b.latents)
+    with pytest.raises(InputError, match="cfg steps"):
+        pipe.generate("a red ball", settings=settings, cfg_steps=-1, progress=False)
