@@ -110,3 +110,20 @@ def test_cfg_steps_on_a_prepared_request(pipe):
     assert torch.equal(a.latents, b.latents)
     with pytest.raises(InputError, match="cfg steps"):
         pipe.generate("a red ball", settings=settings, cfg_steps=-1, progress=False)
+
+
+def test_resumed_phased_run_keeps_the_step_index(pipe, tmp_path):
+    # checkpoint after step 2, resume: steps 3..6 must still know they are past K = 3 or not
+    kw = dict(KW, cfg_steps=3)
+    plain = pipe.generate("a red ball", **kw)
+
+    def stop(done, total, expert):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "phased.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        pipe.generate("a red ball", **kw, checkpoint=ckpt, checkpoint_every=2, on_step=stop)
+    resumed = pipe.generate("a red ball", **kw, resume=ckpt)
+    assert pipe.last_denoiser.calls == 2 * 1 + (KW["steps"] - 3)  # step 2 with CFG, 3..5 without
+    assert torch.equal(resumed.latents, plain.latents)

@@ -81,10 +81,10 @@ class PhasedGuidance:
     2·K + (steps − K) DiT forwards instead of 2·steps (all-CFG) or steps (guidance 1).
     """
 
-    def __init__(self, denoiser, cfg_steps: int | None) -> None:
+    def __init__(self, denoiser, cfg_steps: int | None, start: int = 0) -> None:
         self.denoiser = denoiser
         self.cfg_steps = cfg_steps
-        self.step = 0  # calls so far (one per solver step)
+        self.step = start  # index of the next step (a resumed run starts later)
 
     def __call__(self, stage: ExpertStage, x: torch.Tensor, t) -> torch.Tensor:
         i, self.step = self.step, self.step + 1
