@@ -41,10 +41,15 @@ def test_decision_follows_the_memory_model():
     assert 1.9 * one < need - weight_transient_bytes(T2V_A14B, "fp8", torch.bfloat16) < 2.01 * one
     # H100 80 GB with one fp8 A14B expert resident (~15 GB) + T5 + VAE: ~55 GB free
     assert decide(TOKENS_480P, 55 * GiB).batched and decide(TOKENS_720P, 55 * GiB).batched
-    # a 24 GB card with blocks streamed (~12 GB free): 480P separate, as is 720P
-    assert not decide(TOKENS_480P, 12 * GiB).batched and not decide(TOKENS_720P, 12 * GiB).batched
-    r = decide(TOKENS_720P, 30 * GiB)
-    assert not r.batched and "separate passes" in r.reason and "B=2 needs 28.14 GiB of 24.00 GiB" in r.reason
+    # a card whose free memory lies between the two needs: 480P batched, 720P separate
+    need720 = dit_activation_bytes(T2V_A14B, TOKENS_720P, 2, torch.bfloat16) + \
+        weight_transient_bytes(T2V_A14B, "fp8", torch.bfloat16)
+    assert need720 > need
+    between = int((need + need720) / 2 / HEADROOM)
+    assert decide(TOKENS_480P, between).batched
+    r = decide(TOKENS_720P, between)
+    assert not r.batched and "separate passes" in r.reason and f"B=2 needs {need720 / GiB:.2f} GiB" in r.reason
+    assert not decide(TOKENS_480P, 1 * GiB).batched  # a nearly full card
 
 
 def test_runtime_and_cli_values():
