@@ -69,11 +69,19 @@ def add_runtime_args(p) -> None:
     r.add_argument("--no-offload", dest="offload", action="store_const", const="none",
                    help="same as --offload none")
     r.add_argument("--attention", default="auto", choices=list(ATTENTION_BACKENDS),
-                   help="attention backend (auto: flash-attn when installed and on CUDA, else "
-                        "torch SDPA; reference: plain fp32 softmax)")
+                   help="attention backend (auto: on CUDA the fastest of fa3/fa2/cudnn/sdpa kernels, "
+                        "timed once per shape and logged; on CPU torch SDPA; auto+sage: SageAttention "
+                        "as a candidate too (approximate); reference: plain fp32 softmax)")
+    r.add_argument("--fp8-matmul", default="dequant", choices=["dequant", "scaled", "auto"],
+                   help="fp8 weights (--weights fp8, scaled-fp8 files): dequant = dequantise + matmul "
+                        "(default); auto = torch._scaled_mm with per-token activation scales on GPUs "
+                        "with fp8 tensor cores (compute capability >= 8.9), else dequant")
     r.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU")
-    r.add_argument("--batched-cfg", action="store_true",
-                   help="run the conditional and unconditional passes as one batch of 2")
+    r.add_argument("--batched-cfg", action="store_true", default=None,
+                   help="run the conditional and unconditional passes as one batch of 2 (default: "
+                        "on CUDA when the memory model says it fits, separate passes on CPU)")
+    r.add_argument("--no-batched-cfg", dest="batched_cfg", action="store_false",
+                   help="always run the two passes one after another")
     r.add_argument("--vae-tile", metavar="H,W,OVERLAP",
                    help="decode in spatial tiles of HxW latent pixels overlapping by OVERLAP "
                         "(less VAE memory at 720P; e.g. 45,80,8); default: untiled")
@@ -95,7 +103,8 @@ def runtime_from_args(args, device=None):
                           weights=args.weights, offload=args.offload,
                           text_device="cpu" if args.t5_cpu else None, attention=args.attention,
                           batched_cfg=args.batched_cfg, per_token_time=args.per_token_time,
-                          lora_mode=args.lora_mode, cache=args.cache)
+                          lora_mode=args.lora_mode, cache=args.cache,
+                          fp8_matmul=args.fp8_matmul)
 
 
 def _add_generate(sub) -> None:
@@ -125,6 +134,9 @@ def _add_generate(sub) -> None:
                    help="a named set of sampling values; lightning = --solver euler-lightning "
                         "--steps 4 --shift 5 --guide-scale 1 (for the 4-step distilled LoRAs); "
                         "flags given explicitly win")
+    g.add_argument("--cfg-steps", type=int, default=None, metavar="K",
+                   help="phased guidance: real CFG on the first K steps only, guidance 1 (one "
+                        "forward, no unconditional pass) after; default: CFG on every step")
     g.add_argument("--seed", type=int, default=-1, help="-1 = random (printed)")
     add_lora_args(p)
     ck = p.add_argument_group("checkpoints (continue an interrupted run exactly)")
@@ -258,7 +270,7 @@ def _generate(args) -> int:
         seed = saved_seed(ckpt["resume"])
     settings = settings_for(spec.preset, size=args.size, frames=args.frames,
                             boundary=args.boundary, boundary_snr=args.boundary_snr,
-                            seed=seed, **_sampling_values(args))
+                            seed=seed, cfg_steps=args.cfg_steps, **_sampling_values(args))
     check_memory(spec.preset, settings.width, settings.height, settings.frames, rt.device, rt.dtype,
                  rt.batched_cfg)
     loras = lora_plan(spec.preset, args.lora, args.lora_high, args.lora_low)

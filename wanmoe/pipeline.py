@@ -135,6 +135,7 @@ class WanPipeline:
         self.cache_stats: dict = {}  # what the step cache skipped in the last sample()
         self.cache_log: list = []  # (step, expert, pass, skipped) per forward of that sample()
         self.parallel_groups = None  # wanmoe.parallel.setup.ParallelGroups when runtime.parallel
+        self.cfg_batching = None  # runtime.cfg_batch.CFGBatchDecision of the last sample() (auto)
         self.lora_tag = ""  # the LoRAs in use, as text (part of a checkpoint's fingerprint)
 
     @property
@@ -200,7 +201,7 @@ class WanPipeline:
         """
         from .runtime.cache import StepCache, parse_cache
         from .sampling import make_solver
-        from .sampling.guidance import CFGDenoiser
+        from .sampling.guidance import CFGDenoiser, PhasedGuidance
         from .sampling.loop import denoise
 
         schedule = settings.schedule if settings.preset is not None else \
@@ -215,12 +216,18 @@ class WanPipeline:
             model.set_compute_dtype(self.dtype)
         self.placement.activate(schedule.select(solver.timesteps[start]).expert)
         batched = self.runtime.batched_cfg if batched_cfg is None else bool(batched_cfg)
+        if batched is None:  # unset: batch when the memory model says B=2 fits (runtime.cfg_batch)
+            self.cfg_batching = self._decide_batched_cfg(uncond, schedule, settings)
+            batched = self.cfg_batching.batched
         if self.parallel_groups is not None:  # CFG parallel when the plan says so
             from .parallel.setup import make_denoiser
 
             denoiser = make_denoiser(self.experts, cond, uncond, self.parallel_groups, batched)
         else:
             denoiser = CFGDenoiser(self.experts, cond, uncond, batched=batched)
+        self.last_denoiser = denoiser  # its `calls` count the DiT forwards of this sample()
+        if getattr(settings, "cfg_steps", None) is not None:  # phased guidance (--cfg-steps)
+            denoiser = PhasedGuidance(denoiser, settings.cfg_steps, start)
         spec = parse_cache(cache) if cache is not None else self.runtime.cache
         step_cache = None
         if spec is not None and spec.enabled:
@@ -244,6 +251,20 @@ class WanPipeline:
                 self.cache_stats = step_cache.remove()
                 self.cache_log = step_cache.log
         return x, bar.experts
+
+    def _decide_batched_cfg(self, uncond, schedule, settings):
+        from .runtime.cfg_batch import decide_batched_cfg, free_device_bytes
+        from .runtime.memory import tokens_for, weight_format
+
+        has_uncond = uncond is not None and getattr(settings, "cfg_steps", None) != 0 and \
+            any(stage.guidance != 1.0 for stage in schedule.stages)
+        decision = decide_batched_cfg(
+            self.preset, tokens_for(self.preset, settings.width, settings.height, settings.frames),
+            self.dtype, self.device.type, free_device_bytes(self.device),
+            weight_format(self.runtime), self.runtime.per_token_time, has_uncond)
+        if self.device.type == "cuda":
+            print(f"cfg batching: {decision.reason}", file=sys.stderr)
+        return decision
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, tiling=None) -> torch.Tensor:
@@ -286,7 +307,7 @@ class WanPipeline:
                  seed=-1, batched_cfg=None, progress=True, *, boundary_snr=None,
                  settings: GenerationRequest | None = None, vae_tiling=None,
                  cache=None, decode: bool = True, on_step=None, checkpoint=None,
-                 checkpoint_every: int = 0, resume=None) -> GenerationResult:
+                 checkpoint_every: int = 0, resume=None, cfg_steps=None) -> GenerationResult:
         """Text -> video. Unset values are the preset's official defaults (spec §1.2).
 
         decode=False skips the VAE (frames is then an empty tensor): the non-zero ranks of a
@@ -306,7 +327,14 @@ class WanPipeline:
         if settings is None:
             settings = self.settings(size=size, frames=frames, steps=steps, shift=shift,
                                      guide_scale=guide_scale, boundary=boundary,
-                                     boundary_snr=boundary_snr, solver=solver, seed=seed)
+                                     boundary_snr=boundary_snr, solver=solver, seed=seed,
+                                     cfg_steps=cfg_steps)
+        elif cfg_steps is not None:  # a prepared request, phased here
+            from dataclasses import replace
+
+            from .validate import check_cfg_steps
+
+            settings = replace(settings, cfg_steps=check_cfg_steps(cfg_steps))
         from .preflight import check_memory
 
         check_memory(self.preset, settings.width, settings.height, settings.frames, self.device,
@@ -383,7 +411,7 @@ def _load_expert(spec, name: str, rt: RuntimeConfig, device: torch.device, works
     from .loading import open_component
     from .lora.apply import apply_loras
     from .runtime.config import LoRAMode, WeightMode
-    from .runtime.quant.apply import make_installer, quantize_model
+    from .runtime.quant.apply import make_installer, quantize_model, set_fp8_matmul
 
     source, key_map = spec.experts[name], None
     if rt.weights is WeightMode.KEEP:  # scaled-fp8 files stay fp8 (FP8Linear); GGUF stays anyway
@@ -401,6 +429,7 @@ def _load_expert(spec, name: str, rt: RuntimeConfig, device: torch.device, works
     if loras and rt.lora_mode is LoRAMode.RUNTIME:
         apply_loras(model, loras, rt.lora_mode)
     set_attention(model, rt.attention)
+    set_fp8_matmul(model, getattr(rt, "fp8_matmul", "dequant"))
     return model.set_compute_dtype(rt.dtype).set_per_token_time(rt.per_token_time).eval()
 
 

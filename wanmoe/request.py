@@ -48,9 +48,12 @@ def parse_offload(value) -> tuple[OffloadMode, int]:
 
 
 def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_device=None,
-                   attention: str = "auto", batched_cfg: bool = False, per_token_time: bool = False,
-                   lora_mode=None, cache="off") -> RuntimeConfig:
-    """Validate runtime choices once (device present, dtype known, modes from their enums)."""
+                   attention: str = "auto", batched_cfg: bool | None = None, per_token_time: bool = False,
+                   lora_mode=None, cache="off", fp8_matmul: str = "dequant") -> RuntimeConfig:
+    """Validate runtime choices once (device present, dtype known, modes from their enums).
+
+    batched_cfg None (default): decided per run from the memory model on CUDA (runtime.cfg_batch),
+    separate passes on CPU."""
     from .runtime.attention import BACKENDS
     from .runtime.cache import parse_cache
 
@@ -59,8 +62,12 @@ def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_
     if attention not in BACKENDS:
         raise InputError(f"attention backend {attention!r} is not one of {', '.join(BACKENDS)}")
     for flag, value in (("batched_cfg", batched_cfg), ("per_token_time", per_token_time)):
-        if not isinstance(value, bool):
+        if not isinstance(value, bool) and not (flag == "batched_cfg" and value is None):
             raise InputError(f"{flag} {value!r} must be True or False")
+    from .runtime.quant.linear import FP8_MATMUL
+
+    if fp8_matmul not in FP8_MATMUL:
+        raise InputError(f"fp8 matmul {fp8_matmul!r} is not one of {', '.join(FP8_MATMUL)}")
     offload_mode, resident = parse_offload(offload)
     return RuntimeConfig(
         device=dev, dtype=dt,
@@ -69,7 +76,7 @@ def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_
         text_device=parse_device(text_device) if text_device is not None else None,
         attention=attention, batched_cfg=batched_cfg, per_token_time=per_token_time,
         lora_mode=_choice(LoRAMode, lora_mode, "lora mode", LoRAMode.MERGE),
-        cache=parse_cache(cache))
+        cache=parse_cache(cache), fp8_matmul=fp8_matmul)
 
 
 def parse_lora_arg(text: str, flag: str = "--lora") -> tuple[str, float]:
