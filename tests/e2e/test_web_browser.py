@@ -1,0 +1,422 @@
+"""The web page of `wanmoe serve` in a real headless Chromium.
+
+`python -m wanmoe serve` (demo model) runs as a subprocess on a free port; Selenium drives
+Debian's `chromium` through `chromium-driver` (`bash scripts/install.sh test` installs both, and
+the `selenium` package). Where they are missing the tests skip and name what is missing; under CI
+(`CI` set) they fail instead, so a CI run cannot pass without having run them.
+
+What is checked, each against the server's own answers fetched here over HTTP:
+- the form shows the model's defaults, limits and presets from GET /v1/model, and the demo
+  model's vocabulary, with a live note of the typed words it does not know;
+- submit -> the job's progress bar advances through intermediate steps (recorded in the page by a
+  MutationObserver, so no update is missed between polls), the active expert is shown, the job
+  succeeds, and the <video> element plays the MP4 (readyState >= 2, currentTime advances,
+  duration = frames / fps of the file decoded here with PyAV);
+- a bad value (frames=4) shows exactly the server's 422 message next to the frames field;
+- the cancel button cancels a job;
+- with `--token`, the page asks for the token on 401, keeps it in localStorage, and then works
+  (events via ?token=, the video fetched with the Authorization header).
+A screenshot of the page is saved (to WANMOE_WEB_SCREENSHOT too when set: docs/assets/serve_page.png
+is made that way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STATES_DONE = ("succeeded", "failed", "cancelled")
+
+
+def _find(env: str, names: tuple[str, ...], paths: tuple[str, ...] = ()) -> str | None:
+    if os.environ.get(env):
+        return os.environ[env] if Path(os.environ[env]).is_file() else None
+    for n in names:
+        if found := shutil.which(n):
+            return found
+    return next((p for p in paths if Path(p).is_file()), None)
+
+
+CHROMIUM = _find("WANMOE_CHROMIUM", ("chromium", "chromium-browser"))
+CHROMEDRIVER = _find("WANMOE_CHROMEDRIVER", ("chromedriver",), ("/usr/lib/chromium/chromedriver",))
+
+
+def _missing() -> list[str]:
+    missing = []
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("the Python package 'selenium' (pip install selenium)")
+    if CHROMIUM is None:
+        missing.append("a chromium binary (Debian: apt-get install chromium; or set WANMOE_CHROMIUM)")
+    if CHROMEDRIVER is None:
+        missing.append("chromedriver (Debian: apt-get install chromium-driver; or set "
+                       "WANMOE_CHROMEDRIVER)")
+    return missing
+
+
+# ---------------------------------------------------------------------------------------------
+# the server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(method: str, url: str, body: dict | None = None, token: str | None = None):
+    """(status, parsed JSON or raw bytes, content type) of one request."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            status, raw, ctype = r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        status, raw, ctype = e.code, e.read(), e.headers.get("Content-Type", "")
+    if "json" in ctype:
+        return status, json.loads(raw), ctype
+    return status, raw, ctype
+
+
+class _Server:
+    """`python -m wanmoe serve` on a free port with its own data dir; output collected."""
+
+    def __init__(self, data_dir: Path, token: str | None = None) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = token
+        argv = [sys.executable, "-m", "wanmoe", "serve", "--port", str(self.port),
+                "--data-dir", str(data_dir)]
+        if token:
+            argv += ["--token", token]
+        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.p = subprocess.Popen(argv, env=env, cwd=data_dir.parent, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
+        self.out = b""
+        self._t = threading.Thread(target=self._pump, daemon=True)
+        self._t.start()
+        end = time.monotonic() + 60
+        while True:
+            assert self.p.poll() is None, f"wanmoe serve exited: {self.log()}"
+            assert time.monotonic() < end, f"wanmoe serve never answered /v1/health: {self.log()}"
+            try:
+                if _http("GET", self.url + "/v1/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+
+    def _pump(self) -> None:
+        while chunk := self.p.stdout.read1(4096):
+            self.out += chunk
+
+    def log(self) -> str:
+        return self.out.decode(errors="replace")[-3000:]
+
+    def api(self, method: str, path: str, body: dict | None = None):
+        return _http(method, self.url + path, body, self.token)
+
+    def stop(self) -> None:
+        self.p.terminate()
+        try:
+            self.p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(timeout=5)
+        self._t.join(timeout=5)
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = _Server(tmp_path / "data-open")
+    yield s
+    s.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# the browser
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    missing = _missing()
+    if missing:
+        message = "browser test needs " + "; ".join(missing) + " (bash scripts/install.sh test)"
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the browser test, but it lacks " + "; ".join(missing))
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,1000", "--autoplay-policy=no-user-gesture-required",
+                "--mute-audio", "--no-first-run", "--disable-extensions",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # A driver path given here means Selenium Manager (which would download one) is not run.
+    d = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
+    d.set_script_timeout(30)
+    yield d
+    d.quit()
+
+
+def _wait(what: str, fn, timeout: float = 60.0, every: float = 0.05):
+    """Poll fn() until it returns something truthy; fail naming `what` after timeout s."""
+    end = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def _text(d, element_id: str) -> str:
+    return d.execute_script("const e = document.getElementById(arguments[0]);"
+                            "return e ? e.textContent.trim() : null;", element_id)
+
+
+def _set(d, element_id: str, value: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    e = d.find_element(By.ID, element_id)
+    e.send_keys(Keys.CONTROL, "a")
+    e.send_keys(Keys.DELETE)
+    if value:
+        e.send_keys(value)
+
+
+def _click(d, element_id: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    d.find_element(By.ID, element_id).click()
+
+
+def _newest_job_id(d, but_not: set[str]) -> str:
+    def find():
+        ids = d.execute_script("return [...document.querySelectorAll('#queue > li')]"
+                               ".map(li => li.id.slice(4));")
+        new = [i for i in ids if i not in but_not]
+        return new[0] if new else None
+    return _wait("the new job in the queue", find, 20)
+
+
+# Records every change of every progress bar and expert label in the queue.
+_RECORDER = """
+window.__seen = [];
+const snap = () => {
+  for (const bar of document.querySelectorAll('#queue progress')) {
+    const id = bar.id.slice(9);
+    const ex = document.getElementById('expert-' + id);
+    const st = document.getElementById('state-' + id);
+    const rec = {id: id, value: bar.value, max: bar.max,
+                 expert: ex ? ex.dataset.expert || '' : '', state: st ? st.textContent : ''};
+    const last = window.__seen.filter(r => r.id === id).pop();
+    if (!last || last.value !== rec.value || last.max !== rec.max || last.expert !== rec.expert ||
+        last.state !== rec.state) window.__seen.push(rec);
+  }
+};
+new MutationObserver(snap).observe(document.getElementById('queue'),
+  {subtree: true, childList: true, attributes: true, characterData: true});
+"""
+
+
+def _screenshot(d, tmp_path: Path) -> None:
+    shot = tmp_path / "serve_page.png"
+    d.save_screenshot(str(shot))
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width >= 800 and height >= 600, (width, height)
+    if target := os.environ.get("WANMOE_WEB_SCREENSHOT"):
+        shutil.copyfile(shot, target)
+
+
+def _js_errors(d) -> list[str]:
+    return [e["message"] for e in d.get_log("browser") if e.get("source") == "javascript"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the tests
+
+
+def test_submit_watch_progress_play_error_cancel(driver, server, tmp_path):
+    import av
+
+    d = driver
+    status, model, _ = server.api("GET", "/v1/model")
+    assert status == 200, model
+    defaults, limits = model["defaults"], model.get("limits") or {}
+    d.get(server.url + "/")
+
+    # the model panel and the form come from GET /v1/model
+    _wait("the model name", lambda: model["model"] in (_text(d, "model-name") or ""), 20)
+    for field in ("frames", "steps", "size"):
+        assert d.find_element("id", field).get_attribute("placeholder") == str(defaults[field])
+    options = d.execute_script("return [...document.getElementById('preset').options]"
+                               ".map(o => o.textContent);")
+    assert options == ["official"] + [p for p in model.get("presets") or [] if p != "official"]
+    vocab = model.get("vocabulary")
+    if model.get("demo"):
+        assert vocab, "the demo model must list the words it knows"
+    prompt = "a red ball moves to the right on a white background"
+    unknown = "florp"
+    if vocab:
+        shown = d.execute_script("return [...document.querySelectorAll('#vocabulary li')]"
+                                 ".map(li => li.textContent);")
+        assert sorted(shown) == sorted(vocab)
+        assert unknown not in {w.lower() for w in vocab}
+        prompt += " " + unknown
+
+    # submit; follow the progress bar and the expert label
+    steps = min(int(limits.get("max_steps") or 100), 100)  # 20 demo steps end before one look
+    d.execute_script(_RECORDER)
+    _set(d, "prompt", prompt)
+    if vocab:  # the live note names the unknown word, and only it
+        known = {w.lower() for w in vocab}
+        expected = {w for w in re.findall(r"[a-z]+", prompt) if w not in known}
+        assert unknown in expected
+        _wait("the unknown-word note", lambda: unknown in (_text(d, "prompt-unknown") or ""), 5)
+        note = _text(d, "prompt-unknown")
+        listed = note.split(":", 1)[1].removesuffix("(ignored)").strip()
+        assert set(listed.split(", ")) == expected, note
+    _set(d, "steps", str(steps))
+    _click(d, "submit")
+    job_id = _newest_job_id(d, set())
+    if vocab:  # the server's warning about the unknown word is shown
+        _wait("the server's warning", lambda: unknown in (_text(d, "warnings") or ""), 10)
+    _wait("the job to finish", lambda: _text(d, "state-" + job_id) in STATES_DONE, 120)
+    status, job, _ = server.api("GET", f"/v1/jobs/{job_id}")
+    assert job["state"] == "succeeded", (job, server.log())
+    assert _text(d, "state-" + job_id) == "succeeded"
+    assert job["request"]["steps"] == steps
+
+    seen = [r for r in d.execute_script("return window.__seen;") if r["id"] == job_id]
+    values = [r["value"] for r in seen]
+    assert values == sorted(values), f"the progress bar went backwards: {values}"
+    between = {r["value"] for r in seen if 0 < r["value"] < r["max"] and r["max"] == steps}
+    assert len(between) >= 2, f"the progress bar did not advance through steps: {seen}"
+    assert seen[-1]["value"] == seen[-1]["max"] == steps
+    experts = [r["expert"] for r in seen if r["expert"]]
+    assert experts, "no expert label was shown"
+    if model.get("demo"):  # the demo is a two-expert MoE: high noise first, then low noise
+        order = [e for i, e in enumerate(experts) if i == 0 or experts[i - 1] != e]
+        assert order == ["high_noise", "low_noise"], order
+    assert _text(d, "steps-" + job_id) == f"step {steps}/{steps}"
+
+    # the player plays the finished job's MP4
+    status, mp4, ctype = server.api("GET", job["video_url"])
+    assert status == 200 and ctype.startswith("video/mp4")
+    mp4_path = tmp_path / "job.mp4"
+    mp4_path.write_bytes(mp4)
+    with av.open(str(mp4_path)) as c:
+        stream = c.streams.video[0]
+        n_frames = sum(1 for _ in c.decode(stream))
+        fps = float(stream.average_rate)
+    expected = n_frames / fps  # demo: 17 / 16 = 1.0625 s
+    video = _wait("the player to load the video", lambda: d.execute_script(
+        "const v = document.getElementById('player');"
+        "return v.dataset.job === arguments[0] && v.readyState >= 2 ? "
+        "{t: v.currentTime, duration: v.duration, w: v.videoWidth, h: v.videoHeight} : null;",
+        job_id), 20)
+    assert abs(video["duration"] - expected) < 0.5 / fps, (video, expected)
+    w, h = (int(x) for x in job["request"]["size"].replace("x", "*").split("*"))
+    assert (video["w"], video["h"]) == (w, h)
+    t0 = video["t"]
+    _wait("the video to play (currentTime to advance)", lambda: d.execute_script(
+        "return document.getElementById('player').currentTime;") != t0, 10)
+    assert d.execute_script("return document.getElementById('player').paused;") is False
+    gallery = _text(d, "gallery-" + job_id)
+    assert gallery is not None and prompt in gallery
+    _screenshot(d, tmp_path)  # the queue, the player, the gallery, the warning
+
+    # a bad value: the server's own 422 message next to the frames field, nowhere else
+    _set(d, "steps", "")
+    _set(d, "frames", "4")
+    status, err, _ = server.api("POST", "/v1/jobs", {"prompt": prompt, "frames": 4})
+    assert status == 422 and err["error"], err
+    _click(d, "submit")
+    _wait("the frames error", lambda: _text(d, "frames-error"), 10)
+    assert _text(d, "frames-error") == err["error"]
+    assert d.find_element("id", "frames").get_attribute("aria-invalid") == "true"
+    for other in ("prompt", "size", "steps", "seed", "form"):
+        assert _text(d, other + "-error") == "", other
+    assert len(d.find_elements("css selector", "#queue > li")) == 1, "a rejected job was queued"
+
+    # cancel: a long job, cancelled from its button
+    _set(d, "frames", "")
+    _set(d, "steps", str(int(limits.get("max_steps") or 1000)))
+    _click(d, "submit")
+    long_id = _newest_job_id(d, {job_id})
+    _wait("the cancel button", lambda: d.execute_script(
+        "const b = document.getElementById('cancel-' + arguments[0]); return b && !b.hidden;",
+        long_id), 10)
+    _click(d, "cancel-" + long_id)
+    _wait("the job to be cancelled", lambda: _text(d, "state-" + long_id) == "cancelled", 30)
+    assert server.api("GET", f"/v1/jobs/{long_id}")[1]["state"] == "cancelled"
+    assert d.execute_script("return document.getElementById('cancel-' + arguments[0]).hidden;",
+                            long_id)
+    assert _js_errors(d) == []
+
+
+def test_token_is_asked_for_kept_and_used(driver, tmp_path):
+    token = "s3cret-token"
+    server = _Server(tmp_path / "data-token", token=token)
+    try:
+        d = driver
+        assert _http("GET", server.url + "/v1/model")[0] == 401
+        d.get(server.url + "/")
+        _wait("the token form", lambda: d.execute_script(
+            "return !document.getElementById('token-form').hidden;"), 20)
+        _set(d, "token-input", "wrong")
+        _click(d, "token-save")
+        _wait("the refusal of a wrong token", lambda: "refused" in (_text(d, "token-error") or ""), 20)
+        _set(d, "token-input", token)
+        _click(d, "token-save")
+        model = server.api("GET", "/v1/model")[1]
+        _wait("the model name", lambda: model["model"] in (_text(d, "model-name") or ""), 20)
+        assert d.execute_script("return localStorage.getItem('wanmoe.token');") == token
+        assert d.execute_script("return document.getElementById('token-form').hidden;")
+
+        _set(d, "prompt", "a blue box moves up on a black background")
+        _click(d, "submit")
+        job_id = _newest_job_id(d, set())
+        _wait("the job to finish", lambda: _text(d, "state-" + job_id) in STATES_DONE, 120)
+        assert _text(d, "state-" + job_id) == "succeeded", server.log()
+        assert server.api("GET", f"/v1/jobs/{job_id}")[1]["state"] == "succeeded"
+        # the <video> cannot send the header: the page fetched the MP4 with it
+        _wait("the player to load the video", lambda: d.execute_script(
+            "const v = document.getElementById('player');"
+            "return v.dataset.job === arguments[0] && v.readyState >= 2 && "
+            "v.src.startsWith('blob:');", job_id), 20)
+
+        # a reload keeps the token: no question asked again
+        d.refresh()
+        _wait("the queue after a reload", lambda: _text(d, "state-" + job_id) == "succeeded", 20)
+        assert d.execute_script("return document.getElementById('token-form').hidden;")
+        assert _js_errors(d) == []
+    finally:
+        server.stop()
