@@ -168,14 +168,15 @@
     $("shift").placeholder = fmt(d.shift);
     $("guide_scale").placeholder = fmt(d.guide_scale);
     $("solver").placeholder = fmt(d.solver);
+    if (d.negative_prompt) $("negative_prompt").placeholder = d.negative_prompt;
     if (lim.max_frames) $("frames").max = lim.max_frames;
     if (lim.max_steps) $("steps").max = lim.max_steps;
     if (lim.prompt_chars) $("prompt").maxLength = lim.prompt_chars;
 
-    let sizeLimit = "";
-    if (lim.max_pixels) sizeLimit = " · at most " + lim.max_pixels.toLocaleString("en") + " pixels";
+    let sizeLimit = lim.size_multiple ? " · sides multiples of " + lim.size_multiple : "";
+    if (lim.max_pixels) sizeLimit += " · at most " + lim.max_pixels.toLocaleString("en") + " pixels";
     else if (lim.max_width || lim.max_height) {
-      sizeLimit = " · at most " + (lim.max_width || "?") + "*" + (lim.max_height || "?");
+      sizeLimit += " · at most " + (lim.max_width || "?") + "*" + (lim.max_height || "?");
     }
     $("size-hint").textContent = "default " + fmt(d.size) + sizeLimit;
     $("frames-hint").textContent = "default " + fmt(d.frames) + " · 4n+1" +
@@ -199,8 +200,9 @@
     };
     add("model", model.model);
     add("kind", model.demo ? "built-in demo model" : "checkpoint");
+    if (Array.isArray(model.experts)) add("experts", model.experts.join(", "));
     add("size", fmt(d.size));
-    add("frames", fmt(d.frames));
+    add("frames", fmt(d.frames) + (d.fps ? " at " + d.fps + " fps" : ""));
     add("steps", fmt(d.steps));
     add("shift", fmt(d.shift));
     add("guide scale", fmt(d.guide_scale));
@@ -208,6 +210,7 @@
     add("presets", ["official"].concat((model.presets || []).filter((p) => p !== "official")).join(", "));
     if (lim.prompt_chars) add("prompt limit", lim.prompt_chars + " characters");
     if (lim.queue) add("queue limit", lim.queue + " queued jobs");
+    if (Array.isArray(model.devices) && model.devices.length) add("devices", model.devices.join(", "));
     info.querySelectorAll("dd").forEach((dd, i) => { dd.id = "model-value-" + i; });
 
     const vocab = model.vocabulary;
@@ -479,7 +482,11 @@
       try { upsertJob(JSON.parse(ev.data)); } catch (e) { /* ignore a malformed event */ }
     };
     es.addEventListener("progress", onJob);
-    es.addEventListener("done", (ev) => { onJob(ev); stopFollowing(id); });
+    es.addEventListener("done", (ev) => {
+      onJob(ev);
+      stopFollowing(id);
+      schedulePoll(200);  // follow the next queued job
+    });
     es.addEventListener("error", () => {
       // the stream broke (server restarted, token refused, ...): fall back to polling
       if (es.readyState === EventSource.CLOSED) {
