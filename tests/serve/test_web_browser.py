@@ -27,18 +27,13 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.serve.conftest import ServeProcess
+
 STATES_DONE = ("succeeded", "failed", "cancelled")
 
 
@@ -70,86 +65,18 @@ def _missing() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# the server
+# the server (tests/serve/conftest.py: `python -m wanmoe serve --port 0`, the port it printed)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _url(server: ServeProcess) -> str:
+    return f"http://{server.host}:{server.port}"
 
 
-def _http(method: str, url: str, body: dict | None = None, token: str | None = None):
-    """(status, parsed JSON or raw bytes, content type) of one request."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    if body is not None:
-        req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            status, raw, ctype = r.status, r.read(), r.headers.get("Content-Type", "")
-    except urllib.error.HTTPError as e:
-        status, raw, ctype = e.code, e.read(), e.headers.get("Content-Type", "")
-    if "json" in ctype:
-        return status, json.loads(raw), ctype
-    return status, raw, ctype
-
-
-class _Server:
-    """`python -m wanmoe serve` on a free port with its own data dir; output collected."""
-
-    def __init__(self, data_dir: Path, token: str | None = None) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.token = token
-        argv = [sys.executable, "-m", "wanmoe", "serve", "--port", str(self.port),
-                "--data-dir", str(data_dir)]
-        if token:
-            argv += ["--token", token]
-        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.p = subprocess.Popen(argv, env=env, cwd=data_dir.parent, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT)
-        self.out = b""
-        self._t = threading.Thread(target=self._pump, daemon=True)
-        self._t.start()
-        end = time.monotonic() + 60
-        while True:
-            assert self.p.poll() is None, f"wanmoe serve exited: {self.log()}"
-            assert time.monotonic() < end, f"wanmoe serve never answered /v1/health: {self.log()}"
-            try:
-                if _http("GET", self.url + "/v1/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-
-    def _pump(self) -> None:
-        while chunk := self.p.stdout.read1(4096):
-            self.out += chunk
-
-    def log(self) -> str:
-        return self.out.decode(errors="replace")[-3000:]
-
-    def api(self, method: str, path: str, body: dict | None = None):
-        return _http(method, self.url + path, body, self.token)
-
-    def stop(self) -> None:
-        self.p.terminate()
-        try:
-            self.p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait(timeout=5)
-        self._t.join(timeout=5)
-
-
-@pytest.fixture
-def server(tmp_path):
-    s = _Server(tmp_path / "data-open")
-    yield s
-    s.stop()
+def _api(server: ServeProcess, method: str, path: str, body: dict | None = None):
+    """(status, parsed JSON or raw bytes, content type) of one request, with the server's token."""
+    status, headers, data = server.request(method, path, body)
+    ctype = headers.get("content-type", "")
+    return status, (json.loads(data) if "json" in ctype else data), ctype
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,14 +191,15 @@ def _js_errors(d) -> list[str]:
 # the tests
 
 
-def test_submit_watch_progress_play_error_cancel(driver, server, tmp_path):
+def test_submit_watch_progress_play_error_cancel(driver, serve_factory, tmp_path):
     import av
 
     d = driver
-    status, model, _ = server.api("GET", "/v1/model")
+    server = serve_factory(tmp_path / "data")
+    status, model, _ = _api(server, "GET", "/v1/model")
     assert status == 200, model
     defaults, limits = model["defaults"], model.get("limits") or {}
-    d.get(server.url + "/")
+    d.get(_url(server) + "/")
 
     # the model panel and the form come from GET /v1/model
     _wait("the model name", lambda: model["model"] in (_text(d, "model-name") or ""), 20)
@@ -311,7 +239,7 @@ def test_submit_watch_progress_play_error_cancel(driver, server, tmp_path):
     if vocab:  # the server's warning about the unknown word is shown
         _wait("the server's warning", lambda: unknown in (_text(d, "warnings") or ""), 10)
     _wait("the job to finish", lambda: _text(d, "state-" + job_id) in STATES_DONE, 120)
-    status, job, _ = server.api("GET", f"/v1/jobs/{job_id}")
+    status, job, _ = _api(server, "GET", f"/v1/jobs/{job_id}")
     assert job["state"] == "succeeded", (job, server.log())
     assert _text(d, "state-" + job_id) == "succeeded"
     assert job["request"]["steps"] == steps
@@ -330,7 +258,7 @@ def test_submit_watch_progress_play_error_cancel(driver, server, tmp_path):
     assert _text(d, "steps-" + job_id) == f"step {steps}/{steps}"
 
     # the player plays the finished job's MP4
-    status, mp4, ctype = server.api("GET", job["video_url"])
+    status, mp4, ctype = _api(server, "GET", job["video_url"])
     assert status == 200 and ctype.startswith("video/mp4")
     mp4_path = tmp_path / "job.mp4"
     mp4_path.write_bytes(mp4)
@@ -358,7 +286,7 @@ def test_submit_watch_progress_play_error_cancel(driver, server, tmp_path):
     # a bad value: the server's own 422 message next to the frames field, nowhere else
     _set(d, "steps", "")
     _set(d, "frames", "4")
-    status, err, _ = server.api("POST", "/v1/jobs", {"prompt": prompt, "frames": 4})
+    status, err, _ = _api(server, "POST", "/v1/jobs", {"prompt": prompt, "frames": 4})
     assert status == 422 and err["error"], err
     _click(d, "submit")
     _wait("the frames error", lambda: _text(d, "frames-error"), 10)
@@ -378,48 +306,45 @@ def test_submit_watch_progress_play_error_cancel(driver, server, tmp_path):
         long_id), 10)
     _click(d, "cancel-" + long_id)
     _wait("the job to be cancelled", lambda: _text(d, "state-" + long_id) == "cancelled", 30)
-    assert server.api("GET", f"/v1/jobs/{long_id}")[1]["state"] == "cancelled"
+    assert _api(server, "GET", f"/v1/jobs/{long_id}")[1]["state"] == "cancelled"
     assert d.execute_script("return document.getElementById('cancel-' + arguments[0]).hidden;",
                             long_id)
     assert _js_errors(d) == []
 
 
-def test_token_is_asked_for_kept_and_used(driver, tmp_path):
+def test_token_is_asked_for_kept_and_used(driver, serve_factory, tmp_path):
     token = "s3cret-token"
-    server = _Server(tmp_path / "data-token", token=token)
-    try:
-        d = driver
-        assert _http("GET", server.url + "/v1/model")[0] == 401
-        d.get(server.url + "/")
-        _wait("the token form", lambda: d.execute_script(
-            "return !document.getElementById('token-form').hidden;"), 20)
-        _set(d, "token-input", "wrong")
-        _click(d, "token-save")
-        _wait("the refusal of a wrong token", lambda: "refused" in (_text(d, "token-error") or ""), 20)
-        _set(d, "token-input", token)
-        _click(d, "token-save")
-        model = server.api("GET", "/v1/model")[1]
-        _wait("the model name", lambda: model["model"] in (_text(d, "model-name") or ""), 20)
-        assert d.execute_script("return localStorage.getItem('wanmoe.token');") == token
-        assert d.execute_script("return document.getElementById('token-form').hidden;")
+    server = serve_factory(tmp_path / "data", token=token)
+    d = driver
+    assert server.request("GET", "/v1/model", token=None)[0] == 401
+    d.get(_url(server) + "/")
+    _wait("the token form", lambda: d.execute_script(
+        "return !document.getElementById('token-form').hidden;"), 20)
+    _set(d, "token-input", "wrong")
+    _click(d, "token-save")
+    _wait("the refusal of a wrong token", lambda: "refused" in (_text(d, "token-error") or ""), 20)
+    _set(d, "token-input", token)
+    _click(d, "token-save")
+    model = _api(server, "GET", "/v1/model")[1]
+    _wait("the model name", lambda: model["model"] in (_text(d, "model-name") or ""), 20)
+    assert d.execute_script("return localStorage.getItem('wanmoe.token');") == token
+    assert d.execute_script("return document.getElementById('token-form').hidden;")
 
-        _set(d, "prompt", "a blue box moves up on a black background")
-        _set(d, "steps", "2")  # only the token matters here
-        _click(d, "submit")
-        job_id = _newest_job_id(d, set())
-        _wait("the job to finish", lambda: _text(d, "state-" + job_id) in STATES_DONE, 120)
-        assert _text(d, "state-" + job_id) == "succeeded", server.log()
-        assert server.api("GET", f"/v1/jobs/{job_id}")[1]["state"] == "succeeded"
-        # the <video> cannot send the header: the page fetched the MP4 with it
-        _wait("the player to load the video", lambda: d.execute_script(
-            "const v = document.getElementById('player');"
-            "return v.dataset.job === arguments[0] && v.readyState >= 2 && "
-            "v.src.startsWith('blob:');", job_id), 20)
+    _set(d, "prompt", "a blue box moves up on a black background")
+    _set(d, "steps", "2")  # only the token matters here
+    _click(d, "submit")
+    job_id = _newest_job_id(d, set())
+    _wait("the job to finish", lambda: _text(d, "state-" + job_id) in STATES_DONE, 120)
+    assert _text(d, "state-" + job_id) == "succeeded", server.log()
+    assert _api(server, "GET", f"/v1/jobs/{job_id}")[1]["state"] == "succeeded"
+    # the <video> cannot send the header: the page fetched the MP4 with it
+    _wait("the player to load the video", lambda: d.execute_script(
+        "const v = document.getElementById('player');"
+        "return v.dataset.job === arguments[0] && v.readyState >= 2 && "
+        "v.src.startsWith('blob:');", job_id), 20)
 
-        # a reload keeps the token: no question asked again
-        d.refresh()
-        _wait("the queue after a reload", lambda: _text(d, "state-" + job_id) == "succeeded", 20)
-        assert d.execute_script("return document.getElementById('token-form').hidden;")
-        assert _js_errors(d) == []
-    finally:
-        server.stop()
+    # a reload keeps the token: no question asked again
+    d.refresh()
+    _wait("the queue after a reload", lambda: _text(d, "state-" + job_id) == "succeeded", 20)
+    assert d.execute_script("return document.getElementById('token-form').hidden;")
+    assert _js_errors(d) == []
