@@ -348,3 +348,26 @@ def test_token_is_asked_for_kept_and_used(driver, serve_factory, tmp_path):
     _wait("the queue after a reload", lambda: _text(d, "state-" + job_id) == "succeeded", 20)
     assert d.execute_script("return document.getElementById('token-form').hidden;")
     assert _js_errors(d) == []
+
+
+def test_check_endpoint_validates_without_queuing(serve_factory, tmp_path):
+    """POST /v1/check (the page's live check): POST /v1/jobs' answers, but nothing is queued."""
+    server = serve_factory(tmp_path / "data")
+    prompt = "a red ball moves to the right on a white background florp"
+    status, checked, _ = _api(server, "POST", "/v1/check", {"prompt": prompt, "seed": 7})
+    assert status == 200, checked
+    assert checked["request"]["prompt"] == prompt and checked["request"]["seed"] == 7
+    assert checked["request"]["frames"] == _api(server, "GET", "/v1/model")[1]["defaults"]["frames"]
+    bad = {"prompt": prompt, "frames": 4}
+    status, err, _ = _api(server, "POST", "/v1/check", bad)
+    assert status == 422 and err.get("field") == "frames"
+    assert _api(server, "POST", "/v1/jobs", bad)[1] == err  # the very same answer
+    assert _api(server, "GET", "/v1/jobs")[1]["total"] == 0  # nothing was queued
+    status, job, _ = _api(server, "POST", "/v1/jobs", {"prompt": prompt, "seed": 7})
+    assert status == 201 and job["warnings"] == checked["warnings"]
+    if importlib.util.find_spec("wanmoe.demo.vocabulary"):
+        from wanmoe.demo.vocabulary import unknown_words
+
+        assert "florp" in unknown_words(prompt)
+        assert all(w in " ".join(checked["warnings"]) for w in unknown_words(prompt))
+    assert server.request("GET", "/v1/check")[0] == 405
