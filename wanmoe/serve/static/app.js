@@ -36,6 +36,7 @@
     selected: null,         // id of the job in the player
     pollTimer: null,
     needToken: false,
+    checkSupported: null,   // does the server have POST /v1/check?
   };
 
   // ------------------------------------------------------------------------------------------
@@ -232,19 +233,56 @@
   }
 
   function promptWords(text) {
-    return (text.toLowerCase().match(/[\p{L}\p{N}]+(?:['’-][\p{L}\p{N}]+)*/gu) || []);
+    return (text.toLowerCase().match(/[\p{L}\p{N}]+/gu) || []);
   }
 
+  // The live note under the prompt: the server's own check (POST /v1/check, the warnings that
+  // POST /v1/jobs would give, nothing queued), 300 ms after the last key. A server without
+  // that route gets a rougher local check against the vocabulary list.
+  let checkSeq = 0;
+  let checkTimer = null;
+
   function updateUnknownWords() {
-    const note = $("prompt-unknown");
-    if (!state.vocabulary) { note.textContent = ""; return; }
+    if (checkTimer) clearTimeout(checkTimer);
+    checkTimer = setTimeout(checkPrompt, 300);
+  }
+
+  function localUnknownNote(prompt) {
     const unknown = [];
-    for (const w of promptWords($("prompt").value)) {
+    for (const w of promptWords(prompt)) {
       if (!state.vocabulary.has(w) && !unknown.includes(w)) unknown.push(w);
     }
-    note.textContent = unknown.length
-      ? "The demo model does not know: " + unknown.join(", ") + " (ignored)"
-      : "";
+    return unknown.length ? "the demo model does not know the word(s) " + unknown.join(", ") : "";
+  }
+
+  async function checkPrompt() {
+    checkTimer = null;
+    const note = $("prompt-unknown");
+    const prompt = $("prompt").value;
+    const seq = ++checkSeq;
+    if (!state.model || !state.model.demo || !prompt.trim()) {
+      note.textContent = "";
+      return;
+    }
+    if (state.checkSupported === false) {
+      note.textContent = state.vocabulary ? localUnknownNote(prompt) : "";
+      return;
+    }
+    try {
+      const res = await api("POST", "/v1/check", { prompt });
+      if (seq !== checkSeq) return;
+      note.textContent = ((res && res.warnings) || []).join(" ");
+      state.checkSupported = true;
+    } catch (e) {
+      if (seq !== checkSeq) return;
+      if (e instanceof ApiError && (e.status === 404 || e.status === 405)) {
+        state.checkSupported = false;
+        note.textContent = state.vocabulary ? localUnknownNote(prompt) : "";
+      } else if (e instanceof ApiError && e.status === 422 && fieldOfError(e.body) === "prompt") {
+        note.textContent = "";
+        showFieldError("prompt", e.message);
+      }
+    }
   }
 
   // ------------------------------------------------------------------------------------------
