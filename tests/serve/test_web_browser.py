@@ -16,8 +16,8 @@ What is checked, each against the server's own answers fetched here over HTTP:
 - the cancel button cancels a job;
 - with `--token`, the page asks for the token on 401, keeps it in localStorage, and then works
   (events via ?token=, the video fetched with the Authorization header).
-A screenshot of the page is saved (to WANMOE_WEB_SCREENSHOT too when set: docs/assets/serve_page.png
-is made that way).
+A screenshot of the page is saved in the test's tmp folder (docs/assets/serve_page.png, with more
+jobs on the page, is made by scripts/serve_page_screenshot.py).
 """
 
 from __future__ import annotations
@@ -179,8 +179,6 @@ def _screenshot(d, tmp_path: Path) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert width >= 800 and height >= 600, (width, height)
-    if target := os.environ.get("WANMOE_WEB_SCREENSHOT"):
-        shutil.copyfile(shot, target)
 
 
 def _js_errors(d) -> list[str]:

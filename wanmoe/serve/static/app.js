@@ -169,7 +169,7 @@
     $("shift").placeholder = fmt(d.shift);
     $("guide_scale").placeholder = fmt(d.guide_scale);
     $("solver").placeholder = fmt(d.solver);
-    if (d.negative_prompt) $("negative_prompt").placeholder = d.negative_prompt;
+    if (d.negative_prompt) $("negative_prompt-hint").title = d.negative_prompt;
     if (lim.max_frames) $("frames").max = lim.max_frames;
     if (lim.max_steps) $("steps").max = lim.max_steps;
     if (lim.prompt_chars) $("prompt").maxLength = lim.prompt_chars;
@@ -470,7 +470,8 @@
     bar.max = Math.max(steps, 1);
     bar.value = job.state === "succeeded" ? bar.max : Math.min(step, bar.max);
     $("steps-" + id).textContent = steps ? "step " + step + "/" + steps : "";
-    const expert = (job.progress && job.progress.expert) || "";
+    // the active expert: only while the job runs
+    const expert = (job.state === "running" && job.progress && job.progress.expert) || "";
     $("expert-" + id).textContent = expert ? "expert: " + expert : "";
     $("expert-" + id).dataset.expert = expert;
     const meta = [];
