@@ -337,11 +337,15 @@ def test_token_is_asked_for_kept_and_used(driver, serve_factory, tmp_path):
 
     _set(d, "prompt", "a blue box moves up on a black background")
     _set(d, "steps", "2")  # only the token matters here
+    seed = 2**63 - 1  # the largest seed: past JavaScript's exact integers (2**53)
+    _set(d, "seed", str(seed))
     _click(d, "submit")
     job_id = _newest_job_id(d, set())
     _wait("the job to finish", lambda: _text(d, "state-" + job_id) in STATES_DONE, 120)
     assert _text(d, "state-" + job_id) == "succeeded", server.log()
-    assert _api(server, "GET", f"/v1/jobs/{job_id}")[1]["state"] == "succeeded"
+    job = _api(server, "GET", f"/v1/jobs/{job_id}")[1]
+    assert job["state"] == "succeeded" and job["seed"] == seed
+    assert f"seed {seed} " in _text(d, "meta-" + job_id) + " "
     # the <video> cannot send the header: the page fetched the MP4 with it
     _wait("the player to load the video", lambda: d.execute_script(
         "const v = document.getElementById('player');"

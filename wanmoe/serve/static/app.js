@@ -50,13 +50,26 @@
     }
   }
 
+  // Seeds go up to 2^63 - 1, past JavaScript's exact integers (2^53): they are read as strings
+  // of digits and sent back as JSON numbers written from those digits.
+  const BIG = "\u0000int:";
+
+  function parseJSON(text) {
+    // (not after a backslash: a prompt may contain the text "seed": 12345...)
+    return JSON.parse(text.replace(/(^|[^\\])("seed"\s*:\s*)(-?\d{16,})/g, '$1$2"$3"'));
+  }
+
+  function toJSON(body) {
+    return JSON.stringify(body).replace(/"\\u0000int:(-?\d+)"/g, "$1");
+  }
+
   async function api(method, path, body) {
     const headers = {};
     if (state.token) headers["Authorization"] = "Bearer " + state.token;
     const init = { method, headers };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
+      init.body = toJSON(body);
     }
     let resp;
     try {
@@ -69,7 +82,7 @@
     let data = null;
     const text = await resp.text();
     if (text) {
-      try { data = JSON.parse(text); } catch (e) { data = { error: text.slice(0, 300) }; }
+      try { data = parseJSON(text); } catch (e) { data = { error: text.slice(0, 300) }; }
     }
     if (resp.status === 401) {
       askForToken(state.token ? "The server refused this token." : "");
@@ -170,8 +183,6 @@
     $("guide_scale").placeholder = fmt(d.guide_scale);
     $("solver").placeholder = fmt(d.solver);
     if (d.negative_prompt) $("negative_prompt-hint").title = d.negative_prompt;
-    if (lim.max_frames) $("frames").max = lim.max_frames;
-    if (lim.max_steps) $("steps").max = lim.max_steps;
     if (lim.prompt_chars) $("prompt").maxLength = lim.prompt_chars;
 
     let sizeLimit = lim.size_multiple ? " · sides multiples of " + lim.size_multiple : "";
@@ -345,11 +356,8 @@
     // numbers go as numbers when they parse, else as typed: the server names the bad value
     const num = (id) => {
       const raw = $(id).value.trim();
-      if (raw === "") {
-        // a type=number input reads "" for text it cannot parse: tell the user here
-        if ($(id).validity && $(id).validity.badInput) throw { field: id, message: id.replace("_", " ") + " is not a number" };
-        return undefined;
-      }
+      if (raw === "") return undefined;
+      if (/^-?\d+$/.test(raw) && !Number.isSafeInteger(Number(raw))) return BIG + raw;
       const n = Number(raw);
       return Number.isFinite(n) ? n : raw;
     };
@@ -373,17 +381,7 @@
     ev.preventDefault();
     clearErrors();
     $("warnings").textContent = "";
-    let body;
-    try {
-      body = readForm();
-    } catch (e) {
-      showFieldError(e.field, e.message);
-      return;
-    }
-    if (!body.prompt.trim()) {
-      showFieldError("prompt", "prompt is required");
-      return;
-    }
+    const body = readForm();
     const button = $("submit");
     button.disabled = true;
     $("submit-status").textContent = "submitting…";
@@ -518,7 +516,7 @@
     const es = new EventSource("/v1/jobs/" + id + "/events" + q);
     state.streams.set(id, es);
     const onJob = (ev) => {
-      try { upsertJob(JSON.parse(ev.data)); } catch (e) { /* ignore a malformed event */ }
+      try { upsertJob(parseJSON(ev.data)); } catch (e) { /* ignore a malformed event */ }
     };
     es.addEventListener("progress", onJob);
     es.addEventListener("done", (ev) => {
@@ -559,7 +557,7 @@
   async function refreshJobs() {
     const data = await api("GET", "/v1/jobs?limit=50");
     const jobs = (data && data.jobs) || [];
-    for (const job of [...jobs].reverse()) upsertJob(job);
+    for (const job of jobs) upsertJob(job);  // newest first: the newest finished one plays
     // follow active jobs: running ones first, then the oldest queued
     const active = jobs.filter((j) => !TERMINAL.has(j.state));
     active.sort((a, b) => (a.state === "running" ? 0 : 1) - (b.state === "running" ? 0 : 1) ||
