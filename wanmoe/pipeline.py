@@ -247,7 +247,14 @@ class WanPipeline:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, tiling=None) -> torch.Tensor:
-        """[C, F, h, w] -> uint8 [T, H, W, 3]; `tiling`: an optional `vae.tiling.TileSpec`."""
+        """[C, F, h, w] -> uint8 [T, H, W, 3]; `tiling`: an optional `vae.tiling.TileSpec`.
+
+        On CUDA without `tiling`, the decode is tiled when the memory model says the untiled one
+        does not fit the free device memory (`runtime.memory.auto_vae_tile`)."""
+        if tiling is None and self.device.type == "cuda":
+            from .runtime.offload import auto_decode_tiling
+
+            tiling = auto_decode_tiling(self.preset, latents.shape, self.device)
         video = self.vae.decode(latents[None].to(self.device, torch.float32),
                                 tiling=tiling)  # [1, 3, T, H, W]
         return frames_to_uint8(video[0])
