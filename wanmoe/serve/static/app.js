@@ -178,10 +178,7 @@
     // fields stay empty (= the model's default, or the preset's) with the default shown
     $("size").placeholder = fmt(d.size);
     $("frames").placeholder = fmt(d.frames);
-    $("steps").placeholder = fmt(d.steps);
-    $("shift").placeholder = fmt(d.shift);
-    $("guide_scale").placeholder = fmt(d.guide_scale);
-    $("solver").placeholder = fmt(d.solver);
+    showSamplingDefaults();
     if (d.negative_prompt) $("negative_prompt-hint").title = d.negative_prompt;
     if (lim.prompt_chars) $("prompt").maxLength = lim.prompt_chars;
 
@@ -241,6 +238,18 @@
       $("vocabulary-box").hidden = true;
     }
     updateUnknownWords();
+  }
+
+  // A preset sets the sampling values (steps, shift, guide scale, solver) that are left empty.
+  function showSamplingDefaults() {
+    const d = (state.model && state.model.defaults) || {};
+    const preset = $("preset").value;
+    for (const f of ["steps", "shift", "guide_scale", "solver"]) {
+      $(f).placeholder = preset ? "set by " + preset : fmt(d[f]);
+    }
+    $("preset-hint").textContent = preset
+      ? preset + ": its own sampling values fill the empty fields below"
+      : "official: the model's own sampling settings";
   }
 
   function promptWords(text) {
@@ -675,6 +684,7 @@
     setupToken();
     $("job-form").addEventListener("submit", submitJob);
     $("prompt").addEventListener("input", updateUnknownWords);
+    $("preset").addEventListener("change", showSamplingDefaults);
     for (const f of FIELDS) {
       const input = $(f);
       if (!input) continue;
