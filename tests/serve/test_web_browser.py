@@ -1,6 +1,7 @@
 """The web page of `wanmoe serve` in a real headless Chromium.
 
-`python -m wanmoe serve` (demo model) runs as a subprocess on a free port; Selenium drives
+`python -m wanmoe serve` (demo model) runs as a subprocess (port 0: it prints the port it got,
+tests/serve/conftest.py); Selenium drives
 Debian's `chromium` through `chromium-driver` (`bash scripts/install.sh test` installs both, and
 the `selenium` package). Where they are missing the tests skip and name what is missing; under CI
 (`CI` set) they fail instead, so a CI run cannot pass without having run them.
@@ -15,7 +16,9 @@ What is checked, each against the server's own answers fetched here over HTTP:
 - a bad value (frames=4) shows exactly the server's 422 message next to the frames field;
 - the cancel button cancels a job;
 - with `--token`, the page asks for the token on 401, keeps it in localStorage, and then works
-  (events via ?token=, the video fetched with the Authorization header).
+  (events via ?token=, the video fetched with the Authorization header), and a seed past 2**53
+  survives the round trip through JavaScript.
+A third test (no browser) checks POST /v1/check, which the page's live note uses.
 A screenshot of the page is saved in the test's tmp folder (docs/assets/serve_page.png, with more
 jobs on the page, is made by scripts/serve_page_screenshot.py).
 """
