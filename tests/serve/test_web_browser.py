@@ -14,7 +14,8 @@ What is checked, each against the server's own answers fetched here over HTTP:
   succeeds, and the <video> element plays the MP4 (readyState >= 2, currentTime advances,
   duration = frames / fps of the file decoded here with PyAV);
 - a bad value (frames=4) shows exactly the server's 422 message next to the frames field;
-- the cancel button cancels a job;
+- a full queue's 429 message is shown under the button; the cancel buttons cancel a queued and
+  a running job;
 - with `--token`, the page asks for the token on 401, keeps it in localStorage, and then works
   (events via ?token=, the video fetched with the Authorization header), and a seed past 2**53
   survives the round trip through JavaScript.
@@ -196,7 +197,7 @@ def test_submit_watch_progress_play_error_cancel(driver, serve_factory, tmp_path
     import av
 
     d = driver
-    server = serve_factory(tmp_path / "data")
+    server = serve_factory(tmp_path / "data", "--queue-size", "1")  # one queued job at most
     status, model, _ = _api(server, "GET", "/v1/model")
     assert status == 200, model
     defaults, limits = model["defaults"], model.get("limits") or {}
@@ -304,19 +305,31 @@ def test_submit_watch_progress_play_error_cancel(driver, serve_factory, tmp_path
         assert _text(d, other + "-error") == "", other
     assert len(d.find_elements("css selector", "#queue > li")) == 1, "a rejected job was queued"
 
-    # cancel: a long job, cancelled from its button
+    # a full queue: one long job running, one queued, a third refused (429) under the button;
+    # then both cancelled from their buttons
     _set(d, "frames", "")
     _set(d, "steps", str(int(limits.get("max_steps") or 1000)))
     _click(d, "submit")
     long_id = _newest_job_id(d, {job_id})
-    _wait("the cancel button", lambda: d.execute_script(
-        "const b = document.getElementById('cancel-' + arguments[0]); return b && !b.hidden;",
-        long_id), 10)
-    _click(d, "cancel-" + long_id)
-    _wait("the job to be cancelled", lambda: _text(d, "state-" + long_id) == "cancelled", 30)
-    assert _api(server, "GET", f"/v1/jobs/{long_id}")[1]["state"] == "cancelled"
-    assert d.execute_script("return document.getElementById('cancel-' + arguments[0]).hidden;",
-                            long_id)
+    _wait("the long job to run", lambda: _text(d, "state-" + long_id) == "running", 30)
+    _click(d, "submit")
+    queued_id = _newest_job_id(d, {job_id, long_id})
+    assert _text(d, "state-" + queued_id) == "queued"
+    status, full, _ = _api(server, "POST", "/v1/jobs", {"prompt": prompt})
+    assert status == 429, full
+    _click(d, "submit")
+    _wait("the queue-full message", lambda: full["error"] in (_text(d, "form-error") or ""), 10)
+    assert len(d.find_elements("css selector", "#queue > li")) == 3
+    for jid, state in ((queued_id, "queued"), (long_id, "running")):
+        _wait("the cancel button", lambda: d.execute_script(
+            "const b = document.getElementById('cancel-' + arguments[0]); return b && !b.hidden;",
+            jid), 10)
+        assert _text(d, "state-" + jid) == state
+        _click(d, "cancel-" + jid)
+        _wait("the job to be cancelled", lambda: _text(d, "state-" + jid) == "cancelled", 30)
+        assert _api(server, "GET", f"/v1/jobs/{jid}")[1]["state"] == "cancelled"
+        assert d.execute_script("return document.getElementById('cancel-' + arguments[0]).hidden;",
+                                jid)
     assert _js_errors(d) == []
 
 
