@@ -10,3 +10,19 @@ if [ -n "$extra" ]; then
 else
   python3 -m pip install -q -e .
 fi
+
+# The browser test (tests/e2e/test_web_browser.py) drives Debian's `chromium` through
+# `chromium-driver` with Selenium (in the test extra). apt installs them when missing and we are
+# root (as in CI); otherwise the test skips and names what is missing (under CI it fails).
+if [ "$extra" = "test" ] && ! { command -v chromium && command -v chromedriver; } >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+             --no-install-recommends chromium chromium-driver >/dev/null; }; then
+      echo "install.sh: apt-get could not install chromium chromium-driver" >&2
+      if [ -n "${CI:-}" ]; then exit 1; fi
+    fi
+  else
+    echo "install.sh: chromium / chromedriver are missing (as root: apt-get install chromium" \
+         "chromium-driver); the browser test will skip" >&2
+  fi
+fi

@@ -3,6 +3,7 @@
 Routes (docs/serve.md; the schema is `wanmoe.serve.openapi.schema()`, served at /openapi.json):
 
     POST   /v1/jobs                  submit -> 201 job (+ "warnings"); 422 invalid; 429 queue full
+    POST   /v1/check                 the same validation, nothing queued -> {"request", "warnings"}
     GET    /v1/jobs?limit=&offset=   {"jobs": [...newest first], "total": n}
     GET    /v1/jobs/{id}             the job
     DELETE /v1/jobs/{id}             cancel (queued: at once; running: within one step)
@@ -182,6 +183,10 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/v1/model":
             self._only(method, "GET")
             return self._json(200, st.model_info)
+        if path == "/v1/check":  # a job body's validation and warnings, nothing queued (the page)
+            self._only(method, "POST")
+            request, warnings = self._normalise()
+            return self._json(200, {"request": request, "warnings": warnings})
         if path == "/v1/jobs":
             if method == "POST":
                 return self._submit()
@@ -242,11 +247,14 @@ class Handler(BaseHTTPRequestHandler):
             raise _HTTPError(413, f"body of {n} bytes; the limit is {MAX_BODY}")
         return self.rfile.read(n)
 
+    def _normalise(self) -> tuple[dict, list[str]]:
+        st = self.state
+        return normalise(parse_body(self._body()), st.preset, st.limits, devices=st.devices,
+                         dtype=st.dtype, presets=st.presets, loras=st.loras)
+
     def _submit(self) -> None:
         st = self.state
-        body = parse_body(self._body())
-        request, warnings = normalise(body, st.preset, st.limits, devices=st.devices, dtype=st.dtype,
-                                      presets=st.presets, loras=st.loras)
+        request, warnings = self._normalise()
         try:
             job = st.store.create(request, request["seed"], max_queued=st.limits.queue)
         except QueueFull as e:

@@ -104,6 +104,19 @@ def schema() -> dict:
                                 "offset": {"type": "integer"}}}),
                             "401": _E401, "422": _resp("bad limit or offset", _ERR)}},
             },
+            "/v1/check": {
+                "post": {"summary": "validate a job body without queuing it (the web page's live "
+                                    "check of the prompt)", "operationId": "checkJob",
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": {"$ref": "#/components/schemas/JobRequest"}}}},
+                         "responses": {"200": _resp("valid: the normalised request and the "
+                                                    "warnings POST /v1/jobs would give", {
+                             "type": "object", "properties": {
+                                 "request": {"type": "object"},
+                                 "warnings": {"type": "array", "items": {"type": "string"}}}}),
+                                       "401": _E401,
+                                       "422": _resp("invalid request", _ERR)}},
+            },
             "/v1/jobs/{id}": {
                 "parameters": [_ID],
                 "get": {"summary": "one job", "operationId": "getJob",
