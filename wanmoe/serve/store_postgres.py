@@ -1,0 +1,324 @@
+"""The job queue in PostgreSQL: several servers and workers, on several machines, share one queue.
+
+`PostgresStore(dsn)` implements the `JobStore` contract of `wanmoe/serve/store.py` over the same
+table layout as the SQLite default. What makes it safe to share:
+
+- **Claim** is one `UPDATE ... WHERE id = (SELECT id ... FOR UPDATE SKIP LOCKED)` statement: the
+  row is locked by the claiming transaction and every concurrent claimer skips it, so two
+  workers never get the same job and nobody waits on anybody else's row.
+- **Create** serialises on a transaction-scoped advisory lock (one per table) while it counts
+  the queued jobs and inserts, so a bounded queue never holds more than `max_queued` jobs, even
+  with many servers accepting requests at once. Claims and cancels only ever shrink the count,
+  so they do not take that lock.
+- **Time** is the database server's clock (`statement_timestamp()`): leases are compared
+  against one clock, whatever the clocks of the worker machines say.
+- **Leases**: a worker that stops heartbeating (crashed, killed, cut off) loses its job when the
+  lease runs out; the next `claim` anywhere takes it over (`attempts` + 1). `requeue_running`
+  exists for the single-server case, but a shared deployment must rely on leases: one server's
+  restart must not take jobs away from the workers of another.
+
+The driver is `psycopg` 3, an optional dependency (`pip install 'wanmoe[postgres]'`), imported
+only when a PostgreSQL queue is opened. Connections are pooled inside the store (one per
+concurrent caller, a few kept idle), so the HTTP threads and the worker threads of one server
+can share one store object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+from wanmoe.errors import InputError
+
+try:
+    from wanmoe.serve.store import QueueFull
+except ImportError:  # until branch `serve` (which defines the protocol and QueueFull) is merged
+    class QueueFull(Exception):
+        """The bounded queue holds `max_queued` jobs already (HTTP 429)."""
+
+__all__ = ["PostgresStore", "QueueFull", "redact_dsn"]
+
+SCHEMES = ("postgresql://", "postgres://")
+TERMINAL = ("succeeded", "failed", "cancelled")
+STATES = ("queued", "running") + TERMINAL
+COLUMNS = ("id", "state", "request", "seed", "created", "started", "finished", "progress",
+           "error", "worker", "attempts", "cancel_requested", "video", "lease_until")
+_IDLE_CONNECTIONS = 4  # pooled connections kept open between calls; more are opened on demand
+_NOW = "extract(epoch FROM statement_timestamp())::float8"  # the DB server's clock, unix seconds
+
+
+def _psycopg():
+    """The driver, imported on first use so that wanmoe does not need it for SQLite."""
+    try:
+        import psycopg
+        from psycopg.rows import dict_row
+        from psycopg.types.json import Json
+    except ImportError as e:
+        raise InputError("a postgresql:// queue needs the psycopg driver, which is not installed: "
+                         "pip install 'wanmoe[postgres]' (psycopg[binary] >= 3.1)") from e
+    return psycopg, dict_row, Json
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by '***', for messages and logs."""
+    try:
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<unparseable DSN>"
+
+
+def _advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for pg_advisory_xact_lock, from a name."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big",
+                          signed=True)
+
+
+def _positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+class PostgresStore:
+    """The JobStore contract over a PostgreSQL table (default name `jobs`)."""
+
+    def __init__(self, dsn: str, *, table: str = "jobs", connect_timeout: float = 10.0):
+        if not isinstance(dsn, str) or not dsn.startswith(SCHEMES):
+            raise InputError(f"queue {dsn!r} is not a PostgreSQL URL: use "
+                             "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", table):
+            raise InputError(f"table name {table!r} must be a lowercase SQL identifier "
+                             "(letters, digits, _; at most 63 characters)")
+        self._psycopg, self._dict_row, self._Json = _psycopg()
+        self.dsn = dsn
+        self.table = table
+        self._connect_timeout = max(1, int(connect_timeout))
+        self._idle: list = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._create_key = _advisory_key(f"wanmoe.serve:{table}:create")
+        self._schema()
+
+    # -- connections ----------------------------------------------------------------------------
+
+    def _connect(self):
+        try:
+            return self._psycopg.connect(self.dsn, autocommit=True, row_factory=self._dict_row,
+                                         connect_timeout=self._connect_timeout,
+                                         application_name="wanmoe-serve")
+        except self._psycopg.OperationalError as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise InputError(f"cannot connect to the queue {redact_dsn(self.dsn)}: {reason}") from e
+
+    @contextmanager
+    def _conn(self):
+        """A connection of the pool for one call; a broken one is dropped, not returned."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the PostgreSQL job store is closed")
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._connect()
+        try:
+            yield conn
+        finally:
+            healthy = (not conn.closed and not conn.broken
+                       and conn.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE)
+            with self._lock:
+                keep = healthy and not self._closed and len(self._idle) < _IDLE_CONNECTIONS
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
+                conn.close()
+
+    def _schema(self) -> None:
+        t = self.table
+        with self._conn() as conn, conn.transaction():
+            # two servers starting at once must not race on CREATE TABLE (pg_type unique index)
+            conn.execute("SELECT pg_advisory_xact_lock(%s)",
+                         (_advisory_key(f"wanmoe.serve:{t}:schema"),))
+            conn.execute(f"""
+                CREATE TABLE IF NOT EXISTS {t} (
+                    seq BIGSERIAL UNIQUE,
+                    id TEXT PRIMARY KEY,
+                    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded',
+                                                         'failed', 'cancelled')),
+                    request JSON NOT NULL,
+                    seed BIGINT NOT NULL,
+                    created DOUBLE PRECISION NOT NULL,
+                    started DOUBLE PRECISION,
+                    finished DOUBLE PRECISION,
+                    progress JSON NOT NULL,
+                    error TEXT,
+                    worker TEXT,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+                    video TEXT,
+                    lease_until DOUBLE PRECISION
+                )""")
+            # claim: the oldest queued job; then the running job whose lease ran out first
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_queued ON {t} (created, seq) "
+                         "WHERE state = 'queued'")
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_leases ON {t} (lease_until) "
+                         "WHERE state = 'running'")
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_newest ON {t} (created DESC, seq DESC)")
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_state ON {t} (state)")
+
+    # -- rows -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _job(row: dict | None) -> dict | None:
+        if row is None:
+            return None
+        return {k: row[k] for k in COLUMNS}
+
+    def _one(self, sql: str, params=()) -> dict | None:
+        with self._conn() as conn:
+            return self._job(conn.execute(sql, params).fetchone())
+
+    # -- the contract ---------------------------------------------------------------------------
+
+    def create(self, request: dict, seed: int, *, max_queued: int) -> dict:
+        """Insert a queued job; QueueFull when `max_queued` jobs are queued already (atomic)."""
+        import uuid
+
+        job_id = uuid.uuid4().hex
+        progress = {"step": 0, "steps": request.get("steps"), "expert": None}
+        t = self.table
+        with self._conn() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._create_key,))
+            queued = conn.execute(f"SELECT count(*) AS n FROM {t} WHERE state = 'queued'"
+                                  ).fetchone()["n"]
+            if queued >= max_queued:
+                raise QueueFull(f"the queue is full ({queued} jobs waiting, at most "
+                                f"{max_queued}); try again later")
+            row = conn.execute(
+                f"INSERT INTO {t} (id, state, request, seed, created, progress) "
+                f"VALUES (%s, 'queued', %s, %s, {_NOW}, %s) RETURNING *",
+                (job_id, self._Json(request), int(seed), self._Json(progress))).fetchone()
+        return self._job(row)
+
+    def get(self, job_id: str) -> dict | None:
+        if not isinstance(job_id, str):
+            return None
+        return self._one(f"SELECT * FROM {self.table} WHERE id = %s", (job_id,))
+
+    def list(self, *, limit: int = 50, offset: int = 0) -> list[dict]:
+        """Jobs newest first (creation time, then insertion order)."""
+        for name, v in (("limit", limit), ("offset", offset)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT * FROM {self.table} ORDER BY created DESC, seq DESC "
+                                "LIMIT %s OFFSET %s", (limit, offset)).fetchall()
+        return [self._job(r) for r in rows]
+
+    def count(self, state: str | None = None) -> int:
+        with self._conn() as conn:
+            if state is None:
+                row = conn.execute(f"SELECT count(*) AS n FROM {self.table}").fetchone()
+            else:
+                row = conn.execute(f"SELECT count(*) AS n FROM {self.table} WHERE state = %s",
+                                   (state,)).fetchone()
+        return row["n"]
+
+    def claim(self, worker: str, lease_s: float) -> dict | None:
+        """The oldest queued job, else a running job whose lease ran out; None when neither.
+
+        Each attempt is one statement: the sub-select locks the chosen row FOR UPDATE and skips
+        rows that other claimers hold locked, and the UPDATE takes it in the same transaction.
+        """
+        lease = _positive("lease_s", lease_s)
+        t = self.table
+        take = (f"UPDATE {t} AS j SET state = 'running', worker = %(w)s, "
+                f"lease_until = {_NOW} + %(lease)s, started = COALESCE(j.started, {_NOW}), "
+                "attempts = j.attempts + 1 "
+                f"WHERE j.id = (SELECT id FROM {t} WHERE {{which}} ORDER BY {{order}} "
+                "LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING j.*")
+        params = {"w": worker, "lease": lease}
+        with self._conn() as conn:
+            row = conn.execute(take.format(which="state = 'queued'", order="created, seq"),
+                               params).fetchone()
+            if row is None:
+                row = conn.execute(take.format(which=f"state = 'running' AND lease_until < {_NOW}",
+                                               order="lease_until, seq"), params).fetchone()
+        return self._job(row)
+
+    def heartbeat(self, job_id: str, worker: str, progress: dict | None, lease_s: float) -> bool:
+        """Extend the lease (and store progress) while `worker` owns the running job.
+
+        False when the job was cancelled (cancel_requested) or is no longer this worker's: the
+        worker must stop.
+        """
+        lease = _positive("lease_s", lease_s)
+        with self._conn() as conn:
+            row = conn.execute(
+                f"UPDATE {self.table} SET lease_until = {_NOW} + %s, "
+                "progress = COALESCE(%s, progress) "
+                "WHERE id = %s AND worker = %s AND state = 'running' RETURNING cancel_requested",
+                (lease, None if progress is None else self._Json(progress), job_id, worker),
+            ).fetchone()
+        return row is not None and not row["cancel_requested"]
+
+    def finish(self, job_id: str, worker: str, state: str, *, error: str | None = None,
+               video: str | None = None) -> bool:
+        """End the running job owned by `worker`; True exactly once per job."""
+        if state not in TERMINAL:
+            raise ValueError(f"finish state {state!r} must be one of {', '.join(TERMINAL)}")
+        with self._conn() as conn:
+            cur = conn.execute(
+                f"UPDATE {self.table} SET state = %s, finished = {_NOW}, error = %s, video = %s, "
+                "lease_until = NULL WHERE id = %s AND worker = %s AND state = 'running'",
+                (state, error, video, job_id, worker))
+            return cur.rowcount == 1
+
+    def cancel(self, job_id: str) -> dict | None:
+        """queued -> cancelled at once; running -> cancel_requested (its worker stops at the
+        next heartbeat); a finished job is returned unchanged; None for an unknown id."""
+        if not isinstance(job_id, str):
+            return None
+        t = self.table
+        # One UPDATE: if a claim holds the row, this waits for it and then re-reads the row, so
+        # a job claimed meanwhile is seen as running, never cancelled under its worker's feet.
+        row = self._one(
+            f"UPDATE {t} SET "
+            f"finished = CASE WHEN state = 'queued' THEN {_NOW} ELSE finished END, "
+            "cancel_requested = cancel_requested OR state = 'running', "
+            "state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END "
+            "WHERE id = %s RETURNING *", (job_id,))
+        return row
+
+    def requeue_running(self) -> int:
+        """Every running job back to queued (a single server starting after a crash).
+
+        Not for a shared queue: there, other servers' workers own running jobs, and expired
+        leases hand a dead worker's jobs on (see `claim`).
+        """
+        with self._conn() as conn:
+            cur = conn.execute(f"UPDATE {self.table} SET state = 'queued', worker = NULL, "
+                               "lease_until = NULL WHERE state = 'running'")
+            return cur.rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
