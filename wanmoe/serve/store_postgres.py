@@ -26,13 +26,12 @@ can share one store object.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import threading
-from contextlib import contextmanager
+import uuid
 from urllib.parse import urlsplit, urlunsplit
 
-from wanmoe.errors import InputError
+from wanmoe.errors import InputError, WanmoeError
 
 try:
     from wanmoe.serve.store import QueueFull
@@ -40,7 +39,11 @@ except ImportError:  # until branch `serve` (which defines the protocol and Queu
     class QueueFull(Exception):
         """The bounded queue holds `max_queued` jobs already (HTTP 429)."""
 
-__all__ = ["PostgresStore", "QueueFull", "redact_dsn"]
+
+class QueueUnavailable(WanmoeError):
+    """The PostgreSQL server cannot be reached (HTTP 503; a worker retries later)."""
+
+__all__ = ["PostgresStore", "QueueFull", "QueueUnavailable", "redact_dsn"]
 
 SCHEMES = ("postgresql://", "postgres://")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -119,61 +122,93 @@ class PostgresStore:
                                          application_name="wanmoe-serve")
         except self._psycopg.OperationalError as e:
             reason = " ".join(str(e).split()) or type(e).__name__
-            raise InputError(f"cannot connect to the queue {redact_dsn(self.dsn)}: {reason}") from e
+            raise QueueUnavailable(f"cannot connect to the queue {redact_dsn(self.dsn)}: "
+                                   f"{reason}") from e
 
-    @contextmanager
-    def _conn(self):
-        """A connection of the pool for one call; a broken one is dropped, not returned."""
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the PostgreSQL job store is closed")
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = self._connect()
-        try:
-            yield conn
-        finally:
-            healthy = (not conn.closed and not conn.broken
-                       and conn.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE)
+    def _call(self, work):
+        """`work(conn, retry)` on a pooled connection (autocommit; each statement commits).
+
+        A pooled connection can be dead without knowing it (the database restarted, a proxy
+        dropped it): when one fails at the connection level, every idle connection is dropped
+        and the work runs once more on a new connection, with retry=True. Every operation is
+        written so that running it again is harmless (create reuses its id, finish recognises
+        its own earlier finish, claim at worst leaves a job that its lease hands on).
+        """
+        for attempt in (0, 1):
             with self._lock:
-                keep = healthy and not self._closed and len(self._idle) < _IDLE_CONNECTIONS
-                if keep:
-                    self._idle.append(conn)
-            if not keep:
-                conn.close()
+                if self._closed:
+                    raise RuntimeError("the PostgreSQL job store is closed")
+                conn = self._idle.pop() if self._idle else None
+            pooled = conn is not None
+            if conn is None:
+                conn = self._connect()
+            try:
+                return work(conn, attempt > 0)
+            except self._psycopg.OperationalError as e:
+                if not (conn.broken or conn.closed):
+                    raise  # a statement-level error (e.g. a timeout), not a lost connection
+                self._drop_idle()
+                if attempt == 0 and pooled:
+                    continue
+                reason = " ".join(str(e).split()) or type(e).__name__
+                raise QueueUnavailable(f"lost the connection to the queue "
+                                       f"{redact_dsn(self.dsn)}: {reason}") from e
+            finally:
+                self._release(conn)
+
+    def _release(self, conn) -> None:
+        healthy = (not conn.closed and not conn.broken
+                   and conn.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE)
+        with self._lock:
+            keep = healthy and not self._closed and len(self._idle) < _IDLE_CONNECTIONS
+            if keep:
+                self._idle.append(conn)
+        if not keep:
+            conn.close()
+
+    def _drop_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     def _schema(self) -> None:
         t = self.table
-        with self._conn() as conn, conn.transaction():
-            # two servers starting at once must not race on CREATE TABLE (pg_type unique index)
-            conn.execute("SELECT pg_advisory_xact_lock(%s)",
-                         (_advisory_key(f"wanmoe.serve:{t}:schema"),))
-            conn.execute(f"""
-                CREATE TABLE IF NOT EXISTS {t} (
-                    seq BIGSERIAL UNIQUE,
-                    id TEXT PRIMARY KEY,
-                    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded',
-                                                         'failed', 'cancelled')),
-                    request JSON NOT NULL,
-                    seed BIGINT NOT NULL,
-                    created DOUBLE PRECISION NOT NULL,
-                    started DOUBLE PRECISION,
-                    finished DOUBLE PRECISION,
-                    progress JSON NOT NULL,
-                    error TEXT,
-                    worker TEXT,
-                    attempts INTEGER NOT NULL DEFAULT 0,
-                    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
-                    video TEXT,
-                    lease_until DOUBLE PRECISION
-                )""")
-            # claim: the oldest queued job; then the running job whose lease ran out first
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_queued ON {t} (created, seq) "
-                         "WHERE state = 'queued'")
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_leases ON {t} (lease_until) "
-                         "WHERE state = 'running'")
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_newest ON {t} (created DESC, seq DESC)")
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_state ON {t} (state)")
+
+        def work(conn, retry):
+            with conn.transaction():
+                # servers starting at once must not race on CREATE TABLE (pg_type's unique index)
+                conn.execute("SELECT pg_advisory_xact_lock(%s)",
+                             (_advisory_key(f"wanmoe.serve:{t}:schema"),))
+                conn.execute(f"""
+                    CREATE TABLE IF NOT EXISTS {t} (
+                        seq BIGSERIAL UNIQUE,
+                        id TEXT PRIMARY KEY,
+                        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded',
+                                                             'failed', 'cancelled')),
+                        request JSON NOT NULL,
+                        seed BIGINT NOT NULL,
+                        created DOUBLE PRECISION NOT NULL,
+                        started DOUBLE PRECISION,
+                        finished DOUBLE PRECISION,
+                        progress JSON NOT NULL,
+                        error TEXT,
+                        worker TEXT,
+                        attempts INTEGER NOT NULL DEFAULT 0,
+                        cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+                        video TEXT,
+                        lease_until DOUBLE PRECISION
+                    )""")
+                # claim: the oldest queued job; then the running job whose lease ran out first
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_queued ON {t} (created, seq) "
+                             "WHERE state = 'queued'")
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_leases ON {t} (lease_until) "
+                             "WHERE state = 'running'")
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_newest ON {t} "
+                             "(created DESC, seq DESC)")
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_state ON {t} (state)")
+
+        self._call(work)
 
     # -- rows -----------------------------------------------------------------------------------
 
@@ -184,30 +219,34 @@ class PostgresStore:
         return {k: row[k] for k in COLUMNS}
 
     def _one(self, sql: str, params=()) -> dict | None:
-        with self._conn() as conn:
-            return self._job(conn.execute(sql, params).fetchone())
+        return self._call(lambda conn, retry: self._job(conn.execute(sql, params).fetchone()))
 
     # -- the contract ---------------------------------------------------------------------------
 
     def create(self, request: dict, seed: int, *, max_queued: int) -> dict:
         """Insert a queued job; QueueFull when `max_queued` jobs are queued already (atomic)."""
-        import uuid
-
         job_id = uuid.uuid4().hex
         progress = {"step": 0, "steps": request.get("steps"), "expert": None}
         t = self.table
-        with self._conn() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._create_key,))
-            queued = conn.execute(f"SELECT count(*) AS n FROM {t} WHERE state = 'queued'"
-                                  ).fetchone()["n"]
-            if queued >= max_queued:
-                raise QueueFull(f"the queue is full ({queued} jobs waiting, at most "
-                                f"{max_queued}); try again later")
-            row = conn.execute(
-                f"INSERT INTO {t} (id, state, request, seed, created, progress) "
-                f"VALUES (%s, 'queued', %s, %s, {_NOW}, %s) RETURNING *",
-                (job_id, self._Json(request), int(seed), self._Json(progress))).fetchone()
-        return self._job(row)
+
+        def work(conn, retry):
+            with conn.transaction():
+                if retry:  # the first try may have committed before its connection was lost
+                    row = conn.execute(f"SELECT * FROM {t} WHERE id = %s", (job_id,)).fetchone()
+                    if row is not None:
+                        return row
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._create_key,))
+                queued = conn.execute(f"SELECT count(*) AS n FROM {t} WHERE state = 'queued'"
+                                      ).fetchone()["n"]
+                if queued >= max_queued:
+                    raise QueueFull(f"the queue is full ({queued} jobs waiting, at most "
+                                    f"{max_queued}); try again later")
+                return conn.execute(
+                    f"INSERT INTO {t} (id, state, request, seed, created, progress) "
+                    f"VALUES (%s, 'queued', %s, %s, {_NOW}, %s) RETURNING *",
+                    (job_id, self._Json(request), int(seed), self._Json(progress))).fetchone()
+
+        return self._job(self._call(work))
 
     def get(self, job_id: str) -> dict | None:
         if not isinstance(job_id, str):
@@ -219,25 +258,22 @@ class PostgresStore:
         for name, v in (("limit", limit), ("offset", offset)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-        with self._conn() as conn:
-            rows = conn.execute(f"SELECT * FROM {self.table} ORDER BY created DESC, seq DESC "
-                                "LIMIT %s OFFSET %s", (limit, offset)).fetchall()
+        sql = f"SELECT * FROM {self.table} ORDER BY created DESC, seq DESC LIMIT %s OFFSET %s"
+        rows = self._call(lambda conn, retry: conn.execute(sql, (limit, offset)).fetchall())
         return [self._job(r) for r in rows]
 
     def count(self, state: str | None = None) -> int:
-        with self._conn() as conn:
-            if state is None:
-                row = conn.execute(f"SELECT count(*) AS n FROM {self.table}").fetchone()
-            else:
-                row = conn.execute(f"SELECT count(*) AS n FROM {self.table} WHERE state = %s",
-                                   (state,)).fetchone()
-        return row["n"]
+        if state is None:
+            sql, params = f"SELECT count(*) AS n FROM {self.table}", ()
+        else:
+            sql, params = f"SELECT count(*) AS n FROM {self.table} WHERE state = %s", (state,)
+        return self._call(lambda conn, retry: conn.execute(sql, params).fetchone()["n"])
 
     def claim(self, worker: str, lease_s: float) -> dict | None:
         """The oldest queued job, else a running job whose lease ran out; None when neither.
 
-        Each attempt is one statement: the sub-select locks the chosen row FOR UPDATE and skips
-        rows that other claimers hold locked, and the UPDATE takes it in the same transaction.
+        Each is one statement: the sub-select locks the chosen row FOR UPDATE, skipping rows that
+        other claimers hold locked, and the UPDATE takes it in the same transaction.
         """
         lease = _positive("lease_s", lease_s)
         t = self.table
@@ -246,14 +282,16 @@ class PostgresStore:
                 "attempts = j.attempts + 1 "
                 f"WHERE j.id = (SELECT id FROM {t} WHERE {{which}} ORDER BY {{order}} "
                 "LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING j.*")
+        queued = take.format(which="state = 'queued'", order="created, seq")
+        expired = take.format(which=f"state = 'running' AND lease_until < {_NOW}",
+                              order="lease_until, seq")
         params = {"w": worker, "lease": lease}
-        with self._conn() as conn:
-            row = conn.execute(take.format(which="state = 'queued'", order="created, seq"),
-                               params).fetchone()
-            if row is None:
-                row = conn.execute(take.format(which=f"state = 'running' AND lease_until < {_NOW}",
-                                               order="lease_until, seq"), params).fetchone()
-        return self._job(row)
+
+        def work(conn, retry):
+            row = conn.execute(queued, params).fetchone()
+            return row if row is not None else conn.execute(expired, params).fetchone()
+
+        return self._job(self._call(work))
 
     def heartbeat(self, job_id: str, worker: str, progress: dict | None, lease_s: float) -> bool:
         """Extend the lease (and store progress) while `worker` owns the running job.
@@ -262,13 +300,11 @@ class PostgresStore:
         worker must stop.
         """
         lease = _positive("lease_s", lease_s)
-        with self._conn() as conn:
-            row = conn.execute(
-                f"UPDATE {self.table} SET lease_until = {_NOW} + %s, "
-                "progress = COALESCE(%s, progress) "
-                "WHERE id = %s AND worker = %s AND state = 'running' RETURNING cancel_requested",
-                (lease, None if progress is None else self._Json(progress), job_id, worker),
-            ).fetchone()
+        sql = (f"UPDATE {self.table} SET lease_until = {_NOW} + %s, "
+               "progress = COALESCE(%s, progress) "
+               "WHERE id = %s AND worker = %s AND state = 'running' RETURNING cancel_requested")
+        params = (lease, None if progress is None else self._Json(progress), job_id, worker)
+        row = self._call(lambda conn, retry: conn.execute(sql, params).fetchone())
         return row is not None and not row["cancel_requested"]
 
     def finish(self, job_id: str, worker: str, state: str, *, error: str | None = None,
@@ -276,28 +312,37 @@ class PostgresStore:
         """End the running job owned by `worker`; True exactly once per job."""
         if state not in TERMINAL:
             raise ValueError(f"finish state {state!r} must be one of {', '.join(TERMINAL)}")
-        with self._conn() as conn:
+        t = self.table
+
+        def work(conn, retry):
             cur = conn.execute(
-                f"UPDATE {self.table} SET state = %s, finished = {_NOW}, error = %s, video = %s, "
+                f"UPDATE {t} SET state = %s, finished = {_NOW}, error = %s, video = %s, "
                 "lease_until = NULL WHERE id = %s AND worker = %s AND state = 'running'",
                 (state, error, video, job_id, worker))
-            return cur.rowcount == 1
+            if cur.rowcount == 1:
+                return True
+            if retry:  # did the first try, whose answer was lost with its connection, do it?
+                row = conn.execute(f"SELECT state, worker, error, video FROM {t} WHERE id = %s",
+                                   (job_id,)).fetchone()
+                return row is not None and (row["state"], row["worker"], row["error"],
+                                            row["video"]) == (state, worker, error, video)
+            return False
+
+        return self._call(work)
 
     def cancel(self, job_id: str) -> dict | None:
         """queued -> cancelled at once; running -> cancel_requested (its worker stops at the
         next heartbeat); a finished job is returned unchanged; None for an unknown id."""
         if not isinstance(job_id, str):
             return None
-        t = self.table
         # One UPDATE: if a claim holds the row, this waits for it and then re-reads the row, so
         # a job claimed meanwhile is seen as running, never cancelled under its worker's feet.
-        row = self._one(
-            f"UPDATE {t} SET "
+        return self._one(
+            f"UPDATE {self.table} SET "
             f"finished = CASE WHEN state = 'queued' THEN {_NOW} ELSE finished END, "
             "cancel_requested = cancel_requested OR state = 'running', "
             "state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END "
             "WHERE id = %s RETURNING *", (job_id,))
-        return row
 
     def requeue_running(self) -> int:
         """Every running job back to queued (a single server starting after a crash).
@@ -305,17 +350,14 @@ class PostgresStore:
         Not for a shared queue: there, other servers' workers own running jobs, and expired
         leases hand a dead worker's jobs on (see `claim`).
         """
-        with self._conn() as conn:
-            cur = conn.execute(f"UPDATE {self.table} SET state = 'queued', worker = NULL, "
-                               "lease_until = NULL WHERE state = 'running'")
-            return cur.rowcount
+        sql = (f"UPDATE {self.table} SET state = 'queued', worker = NULL, lease_until = NULL "
+               "WHERE state = 'running'")
+        return self._call(lambda conn, retry: conn.execute(sql).rowcount)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        self._drop_idle()
 
     def __enter__(self):
         return self
