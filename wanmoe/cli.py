@@ -25,14 +25,12 @@ OPTIONAL_COMMANDS = {
     "convert": ("wanmoe.convert", "convert a checkpoint between layouts"),
     "train": ("wanmoe.demo.training.cli", "train the tiny demo model"),
     "plan": ("wanmoe.plan", "predict memory and speed of each weight format / offload mode on a GPU"),
+    "serve": ("wanmoe.serve.cli", "HTTP API + web page with a persistent job queue"),
 }
 
 
-def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="text -> MP4 video",
-                       description="Generate a video from a text prompt. Unset values take the "
-                                   "model's official defaults (see docs/cli.md).")
-    p.add_argument("prompt_text", nargs="?", metavar="PROMPT", help="the prompt (or use --prompt)")
+def add_checkpoint_args(p) -> None:
+    """The model-file flags (`generate`, `serve`)."""
     src = p.add_argument_group("checkpoint (default: the built-in demo model)")
     src.add_argument("--ckpt-dir", help="official Wan2.2-T2V-A14B / TI2V-5B folder, diffusers folder "
                                         "or wanmoe folder")
@@ -41,28 +39,10 @@ def _add_generate(sub) -> None:
     src.add_argument("--vae", help="VAE file (Wan2.1_VAE.pth, Wan2.2_VAE.pth, safetensors)")
     src.add_argument("--text-encoder", help="umT5 encoder file (models_t5_umt5-xxl-enc-bf16.pth, ...)")
     src.add_argument("--tokenizer", help="tokenizer.json or folder (google/umt5-xxl)")
-    g = p.add_argument_group("generation (defaults: the model's official values)")
-    g.add_argument("--prompt", help="the prompt")
-    g.add_argument("--prompts", metavar="FILE",
-                   help="a text file with one prompt per line: one video each, seeds SEED, "
-                        "SEED+1, ..., outputs OUT_000.mp4, OUT_001.mp4, ... (pipelined over the "
-                        "experts with --expert-parallel)")
-    g.add_argument("--negative-prompt", help="default: the official negative prompt")
-    g.add_argument("--size", help="WIDTH*HEIGHT (or WIDTHxHEIGHT), e.g. 1280*720")
-    g.add_argument("--frames", type=int, help="pixel frames, 4n+1 (A14B 81, TI2V-5B 121)")
-    g.add_argument("--steps", type=int, help="sampling steps (A14B 40, TI2V-5B 50)")
-    g.add_argument("--shift", type=float, help="noise schedule shift (A14B 12, TI2V-5B 5)")
-    g.add_argument("--guide-scale", help="CFG scale: one value for every expert or HIGH,LOW "
-                                         "(A14B 4.0,3.0, TI2V-5B 5.0)")
-    g.add_argument("--boundary", type=float, help="MoE switch as a timestep fraction (A14B 0.875)")
-    g.add_argument("--boundary-snr", type=float, help="MoE switch as an SNR (0.875 = SNR 1/49)")
-    g.add_argument("--solver", default=None, choices=list(SOLVERS),
-                   help="default unipc (official); euler-lightning is the Lightning 4-step grid")
-    g.add_argument("--preset", choices=sorted(PRESETS),
-                   help="a named set of sampling values; lightning = --solver euler-lightning "
-                        "--steps 4 --shift 5 --guide-scale 1 (for the 4-step distilled LoRAs); "
-                        "flags given explicitly win")
-    g.add_argument("--seed", type=int, default=-1, help="-1 = random (printed)")
+
+
+def add_lora_args(p) -> None:
+    """The LoRA flags (`generate`, `serve`)."""
     lo = p.add_argument_group("LoRA (FILE or FILE:STRENGTH, repeatable; any common layout)")
     lo.add_argument("--lora", action="append", default=[], metavar="FILE[:S]",
                     help="a LoRA on every expert")
@@ -73,6 +53,10 @@ def _add_generate(sub) -> None:
     lo.add_argument("--lora-mode", choices=[m.value for m in LoRAMode], default="merge",
                     help="merge into float weights at load (default; quantised layers get a side "
                          "branch) or runtime (a side branch on every layer)")
+
+
+def add_runtime_args(p) -> None:
+    """The runtime flags (`generate`, `serve`); `runtime_from_args` turns them into a config."""
     r = p.add_argument_group("runtime")
     r.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     r.add_argument("--dtype", choices=["bf16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
@@ -101,6 +85,49 @@ def _add_generate(sub) -> None:
                         "threshold 0.05) or mag (MagCache's published Wan2.2 ratios, threshold "
                         "0.04, at most K=2 skips in a row); off (default) is exact")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def runtime_from_args(args, device=None):
+    """RuntimeConfig of the runtime flags; `device` overrides --device (serve: one per worker)."""
+    from .request import runtime_config
+
+    return runtime_config(args.device if device is None else device, args.dtype,
+                          weights=args.weights, offload=args.offload,
+                          text_device="cpu" if args.t5_cpu else None, attention=args.attention,
+                          batched_cfg=args.batched_cfg, per_token_time=args.per_token_time,
+                          lora_mode=args.lora_mode, cache=args.cache)
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="text -> MP4 video",
+                       description="Generate a video from a text prompt. Unset values take the "
+                                   "model's official defaults (see docs/cli.md).")
+    p.add_argument("prompt_text", nargs="?", metavar="PROMPT", help="the prompt (or use --prompt)")
+    add_checkpoint_args(p)
+    g = p.add_argument_group("generation (defaults: the model's official values)")
+    g.add_argument("--prompt", help="the prompt")
+    g.add_argument("--prompts", metavar="FILE",
+                   help="a text file with one prompt per line: one video each, seeds SEED, "
+                        "SEED+1, ..., outputs OUT_000.mp4, OUT_001.mp4, ... (pipelined over the "
+                        "experts with --expert-parallel)")
+    g.add_argument("--negative-prompt", help="default: the official negative prompt")
+    g.add_argument("--size", help="WIDTH*HEIGHT (or WIDTHxHEIGHT), e.g. 1280*720")
+    g.add_argument("--frames", type=int, help="pixel frames, 4n+1 (A14B 81, TI2V-5B 121)")
+    g.add_argument("--steps", type=int, help="sampling steps (A14B 40, TI2V-5B 50)")
+    g.add_argument("--shift", type=float, help="noise schedule shift (A14B 12, TI2V-5B 5)")
+    g.add_argument("--guide-scale", help="CFG scale: one value for every expert or HIGH,LOW "
+                                         "(A14B 4.0,3.0, TI2V-5B 5.0)")
+    g.add_argument("--boundary", type=float, help="MoE switch as a timestep fraction (A14B 0.875)")
+    g.add_argument("--boundary-snr", type=float, help="MoE switch as an SNR (0.875 = SNR 1/49)")
+    g.add_argument("--solver", default=None, choices=list(SOLVERS),
+                   help="default unipc (official); euler-lightning is the Lightning 4-step grid")
+    g.add_argument("--preset", choices=sorted(PRESETS),
+                   help="a named set of sampling values; lightning = --solver euler-lightning "
+                        "--steps 4 --shift 5 --guide-scale 1 (for the 4-step distilled LoRAs); "
+                        "flags given explicitly win")
+    g.add_argument("--seed", type=int, default=-1, help="-1 = random (printed)")
+    add_lora_args(p)
+    add_runtime_args(p)
     from .parallel.launch import add_cli_flags
 
     add_cli_flags(p.add_argument_group("multi-GPU (launch with torchrun; docs/multi-gpu.md)"))
@@ -154,13 +181,10 @@ def _check_out(path: str | None, suffix: str, flag: str) -> Path | None:
 
 def _sampling_values(args) -> dict:
     """Sampling flags, with a --preset's values filling the ones not given."""
-    values = {"steps": args.steps, "shift": args.shift, "guide_scale": args.guide_scale,
-              "solver": args.solver}
-    for key, value in (PRESETS[args.preset] if args.preset else {}).items():
-        if values.get(key) is None:
-            values[key] = value
-    values["solver"] = values["solver"] or "unipc"
-    return values
+    from .request import sampling_values
+
+    return sampling_values(args.preset, steps=args.steps, shift=args.shift,
+                           guide_scale=args.guide_scale, solver=args.solver)
 
 
 def _cmd_generate(args) -> int:
@@ -176,16 +200,13 @@ def _generate(args) -> int:
     from . import pipeline as P
     from .parallel.launch import parallel_runtime
     from .parallel.setup import shared_seed
-    from .request import lora_plan, runtime_config
+    from .request import lora_plan
     from .validate import parse_vae_tile, settings_for
     from .outputs import OutputPlan
     from .preflight import check_memory
 
     prompts = _prompts(args)
-    rt = runtime_config(args.device, args.dtype, weights=args.weights, offload=args.offload,
-                        text_device="cpu" if args.t5_cpu else None, attention=args.attention,
-                        batched_cfg=args.batched_cfg, per_token_time=args.per_token_time,
-                        lora_mode=args.lora_mode, cache=args.cache)
+    rt = runtime_from_args(args)
     tiling = parse_vae_tile(args.vae_tile)
     out = _check_out(args.out, ".mp4", "--out")
     latents_path = _check_out(args.save_latents, ".safetensors", "--save-latents")

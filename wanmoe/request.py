@@ -93,6 +93,22 @@ def parse_lora_arg(text: str, flag: str = "--lora") -> tuple[str, float]:
     return path, strength
 
 
+def sampling_values(preset=None, *, steps=None, shift=None, guide_scale=None, solver=None) -> dict:
+    """Sampling values with a named preset's (`wanmoe.sampling.PRESETS`, e.g. lightning) filling
+    the ones not given; solver default unipc. The CLI's flags and the server's JSON both go here."""
+    from .sampling import PRESETS
+
+    values = {"steps": steps, "shift": shift, "guide_scale": guide_scale, "solver": solver}
+    if preset is not None:
+        if not isinstance(preset, str) or preset not in PRESETS:
+            raise InputError(f"preset {preset!r} is not one of {', '.join(sorted(PRESETS))}")
+        for key, value in PRESETS[preset].items():
+            if values.get(key) is None:
+                values[key] = value
+    values["solver"] = values["solver"] or "unipc"
+    return values
+
+
 def lora_plan(preset: "ModelPreset", both=(), high=(), low=()) -> dict[str, list[tuple[str, float]]]:
     """LoRAs per expert name: `both` on every expert, `high`/`low` on the two-expert model's
     high- and low-noise expert. Each entry is 'FILE[:STRENGTH]' or a (file, strength) pair."""
@@ -111,5 +127,5 @@ def lora_plan(preset: "ModelPreset", both=(), high=(), low=()) -> dict[str, list
     return {n: specs for n, specs in plan.items() if specs}
 
 
-__all__ = ["lora_plan", "parse_offload", "parse_lora_arg", "GenerationRequest", "RuntimeConfig", "runtime_config", "WeightMode", "OffloadMode",
+__all__ = ["lora_plan", "sampling_values", "parse_offload", "parse_lora_arg", "GenerationRequest", "RuntimeConfig", "runtime_config", "WeightMode", "OffloadMode",
            "LoRAMode"]
