@@ -6,8 +6,11 @@ real server too (tests/serve/pg_server.py).
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import threading
+import time
 
 import pytest
 from pg_server import PostgresServer, ensure_installed, free_port, postgres_dsn, postgres_server  # noqa: F401,E501
@@ -103,15 +106,17 @@ def test_servers_starting_at_once_create_the_schema_once(postgres_dsn):
         t.start()
     for t in threads:
         t.join(60)
-    assert not errors, errors
-    assert len(stores) == n
-    indexes = {r[0] for r in sql(postgres_dsn, "SELECT indexname FROM pg_indexes "
-                                               "WHERE tablename = 'jobs'")}
-    assert {"jobs_queued", "jobs_leases", "jobs_newest", "jobs_state"} <= indexes
-    job = stores[0].create({"prompt": "x"}, 1, max_queued=1)
-    assert all(s.get(job["id"]) == job for s in stores)
-    for s in stores:
-        s.close()
+    try:
+        assert not errors, errors
+        assert len(stores) == n
+        indexes = {r[0] for r in sql(postgres_dsn, "SELECT indexname FROM pg_indexes WHERE "
+                                     "tablename = 'jobs' AND schemaname = current_schema()")}
+        assert {"jobs_queued", "jobs_leases", "jobs_state"} <= indexes
+        job = stores[0].create({"prompt": "x"}, 1, max_queued=1)
+        assert all(s.get(job["id"]) == job for s in stores)
+    finally:
+        for s in stores:
+            s.close()
 
 
 def test_two_tables_in_one_database_are_two_queues(postgres_dsn):
@@ -139,6 +144,38 @@ def test_times_come_from_the_database_clock(postgres_dsn):
     assert got["lease_until"] == pytest.approx(got["started"] + 100.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("lease", [0, -1, float("nan"), "5", True])
+def test_claim_refuses_a_lease_that_is_not_positive(postgres_dsn, lease):
+    from wanmoe.serve.store_postgres import PostgresStore
+
+    with PostgresStore(postgres_dsn) as store:
+        job = store.create({"prompt": "x"}, 1, max_queued=1)
+        with pytest.raises(ValueError):
+            store.claim("w", lease)
+        assert store.get(job["id"])["state"] == "queued"
+        if lease != 0:
+            store.claim("w", LONG)
+            with pytest.raises(ValueError):
+                store.heartbeat(job["id"], "w", None, lease)
+
+
+def test_requeue_running_leaves_jobs_of_other_hosts_to_their_leases(postgres_dsn):
+    """A server restarting on machine A must not take the running jobs of machine B."""
+    from wanmoe.serve.store_postgres import PostgresStore
+
+    with PostgresStore(postgres_dsn) as store:
+        for i in range(3):
+            store.create({"prompt": str(i)}, i, max_queued=5)
+        other = store.claim("gpu-box-b:4242:0-cuda:0", 0.3)
+        legacy = store.claim("w-without-a-host", 0.3)  # not a store.worker_name id
+        assert store.requeue_running() == 0
+        assert store.get(other["id"])["state"] == "running"
+        assert store.get(legacy["id"])["state"] == "running"
+        time.sleep(0.5)  # their workers are gone: the leases run out and hand the jobs on
+        got = {store.claim("w2", LONG)["id"] for _ in range(2)}
+        assert got == {other["id"], legacy["id"]}
+
+
 def _kill_connections(dsn):
     """Terminate the store's server-side sessions: its pooled connections are now dead."""
     killed = sql(dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -153,6 +190,7 @@ def test_every_call_survives_pooled_connections_that_died(postgres_dsn):
 
     with PostgresStore(postgres_dsn) as store:
         ids = [store.create({"prompt": str(i)}, i, max_queued=10)["id"] for i in range(3)]
+        dead = f"{socket.gethostname()}:{os.getpid()}:0"  # an earlier life of this process
         calls = [
             ("create", lambda: store.create({"prompt": "new"}, 9, max_queued=10)["state"],
              "queued"),
@@ -163,7 +201,7 @@ def test_every_call_survives_pooled_connections_that_died(postgres_dsn):
             ("heartbeat", lambda: store.heartbeat(ids[0], "w", {"step": 1}, LONG), True),
             ("finish", lambda: store.finish(ids[0], "w", "succeeded", video="v.mp4"), True),
             ("cancel", lambda: store.cancel(ids[1])["state"], "cancelled"),
-            ("requeue_running", lambda: (store.claim("w", LONG), store.requeue_running())[1], 1),
+            ("requeue_running", lambda: (store.claim(dead, LONG), store.requeue_running())[1], 1),
         ]
         for name, call, expected in calls:
             _kill_connections(postgres_dsn)

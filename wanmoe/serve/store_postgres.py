@@ -5,7 +5,10 @@ table layout as the SQLite default. What makes it safe to share:
 
 - **Claim** is one `UPDATE ... WHERE id = (SELECT id ... FOR UPDATE SKIP LOCKED)` statement: the
   row is locked by the claiming transaction and every concurrent claimer skips it, so two
-  workers never get the same job and nobody waits on anybody else's row.
+  workers never get the same job and nobody waits on anybody else's row. The order is the
+  SQLite store's: a job whose lease ran out first (its worker died; it waited longest), then
+  the oldest queued job; a job claimed `MAX_ATTEMPTS` times without ending is failed instead,
+  and one whose worker died after a cancel request ends cancelled.
 - **Create** serialises on a transaction-scoped advisory lock (one per table) while it counts
   the queued jobs and inserts, so a bounded queue never holds more than `max_queued` jobs, even
   with many servers accepting requests at once. Claims and cancels only ever shrink the count,
@@ -14,8 +17,9 @@ table layout as the SQLite default. What makes it safe to share:
   against one clock, whatever the clocks of the worker machines say.
 - **Leases**: a worker that stops heartbeating (crashed, killed, cut off) loses its job when the
   lease runs out; the next `claim` anywhere takes it over (`attempts` + 1). `requeue_running`
-  exists for the single-server case, but a shared deployment must rely on leases: one server's
-  restart must not take jobs away from the workers of another.
+  (called by every server at start-up) only puts back the jobs of worker processes of this
+  host that are gone: one server's restart must never take jobs from the live workers of
+  another machine, whose state it cannot see; those are left to their leases.
 
 The driver is `psycopg` 3, an optional dependency (`pip install 'wanmoe[postgres]'`), imported
 only when a PostgreSQL queue is opened. Connections are pooled inside the store (one per
@@ -26,6 +30,7 @@ can share one store object.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 import uuid
@@ -33,21 +38,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from wanmoe.errors import InputError, WanmoeError
 
-try:
-    from wanmoe.serve.store import QueueFull
-except ImportError:  # until branch `serve` (which defines the protocol and QueueFull) is merged
-    class QueueFull(Exception):
-        """The bounded queue holds `max_queued` jobs already (HTTP 429)."""
+from wanmoe.serve.store import MAX_ATTEMPTS, TERMINAL, QueueFull, _local_worker_alive, is_job_id
 
 
 class QueueUnavailable(WanmoeError):
     """The PostgreSQL server cannot be reached (HTTP 503; a worker retries later)."""
 
+
 __all__ = ["PostgresStore", "QueueFull", "QueueUnavailable", "redact_dsn"]
 
 SCHEMES = ("postgresql://", "postgres://")
-TERMINAL = ("succeeded", "failed", "cancelled")
-STATES = ("queued", "running") + TERMINAL
 COLUMNS = ("id", "state", "request", "seed", "created", "started", "finished", "progress",
            "error", "worker", "attempts", "cancel_requested", "video", "lease_until")
 _IDLE_CONNECTIONS = 4  # pooled connections kept open between calls; more are opened on demand
@@ -87,10 +87,17 @@ def _advisory_key(name: str) -> int:
                           signed=True)
 
 
-def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+def _seconds(name: str, value, *, zero: bool) -> float:
+    """A lease length: > 0 (claim), or >= 0 (heartbeat; 0 hands the job on at once)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not (value >= 0 if zero else value > 0)):
+        rule = "a number of seconds >= 0" if zero else "a positive number of seconds"
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
     return float(value)
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True)  # as the SQLite store writes it
 
 
 class PostgresStore:
@@ -103,7 +110,9 @@ class PostgresStore:
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", table):
             raise InputError(f"table name {table!r} must be a lowercase SQL identifier "
                              "(letters, digits, _; at most 63 characters)")
-        self._psycopg, self._dict_row, self._Json = _psycopg()
+        psycopg, self._dict_row, json_type = _psycopg()
+        self._psycopg = psycopg
+        self._Json = lambda obj: json_type(obj, dumps=_dumps)
         self.dsn = dsn
         self.table = table
         self._connect_timeout = max(1, int(connect_timeout))
@@ -199,13 +208,11 @@ class PostgresStore:
                         video TEXT,
                         lease_until DOUBLE PRECISION
                     )""")
-                # claim: the oldest queued job; then the running job whose lease ran out first
-                conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_queued ON {t} (created, seq) "
+                # claim: a running job whose lease ran out, else the oldest queued job; list: seq
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_queued ON {t} (seq) "
                              "WHERE state = 'queued'")
                 conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_leases ON {t} (lease_until) "
                              "WHERE state = 'running'")
-                conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_newest ON {t} "
-                             "(created DESC, seq DESC)")
                 conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_state ON {t} (state)")
 
         self._call(work)
@@ -226,7 +233,7 @@ class PostgresStore:
     def create(self, request: dict, seed: int, *, max_queued: int) -> dict:
         """Insert a queued job; QueueFull when `max_queued` jobs are queued already (atomic)."""
         job_id = uuid.uuid4().hex
-        progress = {"step": 0, "steps": request.get("steps"), "expert": None}
+        progress = {"step": 0, "steps": int(request.get("steps") or 0), "expert": None}
         t = self.table
 
         def work(conn, retry):
@@ -239,8 +246,7 @@ class PostgresStore:
                 queued = conn.execute(f"SELECT count(*) AS n FROM {t} WHERE state = 'queued'"
                                       ).fetchone()["n"]
                 if queued >= max_queued:
-                    raise QueueFull(f"the queue is full ({queued} jobs waiting, at most "
-                                    f"{max_queued}); try again later")
+                    raise QueueFull(queued, max_queued)
                 return conn.execute(
                     f"INSERT INTO {t} (id, state, request, seed, created, progress) "
                     f"VALUES (%s, 'queued', %s, %s, {_NOW}, %s) RETURNING *",
@@ -249,16 +255,16 @@ class PostgresStore:
         return self._job(self._call(work))
 
     def get(self, job_id: str) -> dict | None:
-        if not isinstance(job_id, str):
+        if not is_job_id(job_id):
             return None
         return self._one(f"SELECT * FROM {self.table} WHERE id = %s", (job_id,))
 
     def list(self, *, limit: int = 50, offset: int = 0) -> list[dict]:
-        """Jobs newest first (creation time, then insertion order)."""
+        """Jobs newest first (insertion order)."""
         for name, v in (("limit", limit), ("offset", offset)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-        sql = f"SELECT * FROM {self.table} ORDER BY created DESC, seq DESC LIMIT %s OFFSET %s"
+        sql = f"SELECT * FROM {self.table} ORDER BY seq DESC LIMIT %s OFFSET %s"
         rows = self._call(lambda conn, retry: conn.execute(sql, (limit, offset)).fetchall())
         return [self._job(r) for r in rows]
 
@@ -270,26 +276,42 @@ class PostgresStore:
         return self._call(lambda conn, retry: conn.execute(sql, params).fetchone()["n"])
 
     def claim(self, worker: str, lease_s: float) -> dict | None:
-        """The oldest queued job, else a running job whose lease ran out; None when neither.
+        """A running job whose lease ran out (its worker died), else the oldest queued job;
+        None when there is neither.
 
-        Each is one statement: the sub-select locks the chosen row FOR UPDATE, skipping rows that
-        other claimers hold locked, and the UPDATE takes it in the same transaction.
+        Before that, jobs that must not run again are settled: an expired one whose cancel was
+        requested ends cancelled, and one already claimed MAX_ATTEMPTS times (each time its
+        worker died) ends failed. Every step is one statement whose sub-select locks its row
+        FOR UPDATE and skips rows that other claimers hold, so claimers never wait on each
+        other and never take the same job.
         """
-        lease = _positive("lease_s", lease_s)
+        lease = _seconds("lease_s", lease_s, zero=False)
         t = self.table
+        expired = f"state = 'running' AND lease_until < {_NOW}"
+        settle = (
+            f"UPDATE {t} SET finished = {_NOW}, worker = NULL, lease_until = NULL, "
+            "state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'failed' END, "
+            "error = CASE WHEN cancel_requested THEN error ELSE 'gave up after ' || attempts || "
+            "' attempts: the worker running this job died each time (out of memory?)' END "
+            f"WHERE id IN (SELECT id FROM {t} WHERE ({expired} AND (cancel_requested "
+            "OR attempts >= %(max)s)) OR (state = 'queued' AND attempts >= %(max)s) "
+            "FOR UPDATE SKIP LOCKED)")
         take = (f"UPDATE {t} AS j SET state = 'running', worker = %(w)s, "
                 f"lease_until = {_NOW} + %(lease)s, started = COALESCE(j.started, {_NOW}), "
-                "attempts = j.attempts + 1 "
-                f"WHERE j.id = (SELECT id FROM {t} WHERE {{which}} ORDER BY {{order}} "
-                "LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING j.*")
-        queued = take.format(which="state = 'queued'", order="created, seq")
-        expired = take.format(which=f"state = 'running' AND lease_until < {_NOW}",
-                              order="lease_until, seq")
-        params = {"w": worker, "lease": lease}
+                f"attempts = j.attempts + 1 WHERE j.id = (SELECT id FROM {t} WHERE {{which}} "
+                "AND attempts < %(max)s ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) "
+                "RETURNING j.*")
+        steps = [take.format(which=f"{expired} AND NOT cancel_requested"),
+                 take.format(which="state = 'queued'")]
+        params = {"w": worker, "lease": lease, "max": MAX_ATTEMPTS}
 
         def work(conn, retry):
-            row = conn.execute(queued, params).fetchone()
-            return row if row is not None else conn.execute(expired, params).fetchone()
+            conn.execute(settle, params)
+            for sql in steps:
+                row = conn.execute(sql, params).fetchone()
+                if row is not None:
+                    return row
+            return None
 
         return self._job(self._call(work))
 
@@ -297,9 +319,10 @@ class PostgresStore:
         """Extend the lease (and store progress) while `worker` owns the running job.
 
         False when the job was cancelled (cancel_requested) or is no longer this worker's: the
-        worker must stop.
+        worker must stop. lease_s=0 ends the lease now (a server shutting down hands the job to
+        the next claim, which resumes it from its checkpoint).
         """
-        lease = _positive("lease_s", lease_s)
+        lease = _seconds("lease_s", lease_s, zero=True)
         sql = (f"UPDATE {self.table} SET lease_until = {_NOW} + %s, "
                "progress = COALESCE(%s, progress) "
                "WHERE id = %s AND worker = %s AND state = 'running' RETURNING cancel_requested")
@@ -311,7 +334,7 @@ class PostgresStore:
                video: str | None = None) -> bool:
         """End the running job owned by `worker`; True exactly once per job."""
         if state not in TERMINAL:
-            raise ValueError(f"finish state {state!r} must be one of {', '.join(TERMINAL)}")
+            raise ValueError(f"finish state {state!r} is not one of {sorted(TERMINAL)}")
         t = self.table
 
         def work(conn, retry):
@@ -333,7 +356,7 @@ class PostgresStore:
     def cancel(self, job_id: str) -> dict | None:
         """queued -> cancelled at once; running -> cancel_requested (its worker stops at the
         next heartbeat); a finished job is returned unchanged; None for an unknown id."""
-        if not isinstance(job_id, str):
+        if not is_job_id(job_id):
             return None
         # One UPDATE: if a claim holds the row, this waits for it and then re-reads the row, so
         # a job claimed meanwhile is seen as running, never cancelled under its worker's feet.
@@ -345,14 +368,31 @@ class PostgresStore:
             "WHERE id = %s RETURNING *", (job_id,))
 
     def requeue_running(self) -> int:
-        """Every running job back to queued (a single server starting after a crash).
+        """At a server's start-up: the running jobs of worker processes of this host that are
+        gone go back to the queue (one with a cancel request ends cancelled); returns how many
+        were queued.
 
-        Not for a shared queue: there, other servers' workers own running jobs, and expired
-        leases hand a dead worker's jobs on (see `claim`).
+        Unlike the SQLite store, jobs of workers on other hosts (or with names not made by
+        `store.worker_name`) are left alone: on a shared queue this server cannot tell whether
+        they still run, and their leases hand them on if they do not.
         """
-        sql = (f"UPDATE {self.table} SET state = 'queued', worker = NULL, lease_until = NULL "
-               "WHERE state = 'running'")
-        return self._call(lambda conn, retry: conn.execute(sql).rowcount)
+        t = self.table
+
+        def work(conn, retry):
+            with conn.transaction():
+                rows = conn.execute(f"SELECT id, worker FROM {t} WHERE state = 'running' "
+                                    "FOR UPDATE SKIP LOCKED").fetchall()
+                gone = [r["id"] for r in rows if _local_worker_alive(r["worker"]) is False]
+                if not gone:
+                    return 0
+                conn.execute(f"UPDATE {t} SET state = 'cancelled', finished = {_NOW}, "
+                             "worker = NULL, lease_until = NULL "
+                             "WHERE id = ANY(%s) AND cancel_requested", (gone,))
+                return conn.execute(f"UPDATE {t} SET state = 'queued', worker = NULL, "
+                                    "lease_until = NULL WHERE id = ANY(%s) "
+                                    "AND NOT cancel_requested", (gone,)).rowcount
+
+        return self._call(work)
 
     def close(self) -> None:
         with self._lock:
