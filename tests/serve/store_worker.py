@@ -1,7 +1,7 @@
 """A queue worker in its own process, for the scale-out tests and benchmarks/bench_queue.py.
 
     python tests/serve/store_worker.py SPEC NAME MODE [--go FILE] [--done FILE] [--lease S]
-                                                      [--work-ms MS]
+                                                      [--work-ms MS] [--beats 0|2]
 
 SPEC is what `wanmoe serve --queue` takes (sqlite:PATH or postgresql://...), opened with
 `wanmoe.serve.stores.open_store`, so each process has its own connection(s). The worker prints
@@ -9,7 +9,7 @@ SPEC is what `wanmoe serve --queue` takes (sqlite:PATH or postgresql://...), ope
 
 - MODE `claim`: claims until the queue is empty, finishing nothing; prints `claimed ID` each.
 - MODE `work`: claim -> heartbeat (progress) -> --work-ms of "work" -> heartbeat -> finish
-  (succeeded, video ID.mp4); prints `finished ID True|False` each. When a claim finds nothing it
+  (succeeded, video ID.mp4; --beats 0: claim -> finish); prints `finished ID True|False` each. When a claim finds nothing it
   stops if the file --done exists (the producer has created every job), else polls again.
 - MODE `hold`: claims one job, prints `claimed ID`, then sleeps without heartbeating (the test
   kills it: a worker that died holding a job).
@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     ap.add_argument("--done")
     ap.add_argument("--lease", type=float, default=30.0)
     ap.add_argument("--work-ms", type=float, default=0.0)
+    ap.add_argument("--beats", type=int, choices=(0, 2), default=2,
+                    help="heartbeats per job in MODE work (0: claim and finish only)")
     a = ap.parse_args(argv)
     store = open_store(a.spec, None)
     print("ready", flush=True)
@@ -60,13 +62,16 @@ def main(argv=None) -> int:
             if a.mode == "claim":
                 out.append(f"claimed {job['id']}")
                 continue
-            steps = job["request"].get("steps", 2)
-            store.heartbeat(job["id"], a.name, {"step": 1, "steps": steps, "expert": "low_noise"},
-                            a.lease)
+            steps, alive = job["request"].get("steps", 2), True
+            if a.beats:
+                store.heartbeat(job["id"], a.name,
+                                {"step": 1, "steps": steps, "expert": "low_noise"}, a.lease)
             if a.work_ms:
                 time.sleep(a.work_ms / 1000)
-            alive = store.heartbeat(job["id"], a.name,
-                                    {"step": steps, "steps": steps, "expert": "low_noise"}, a.lease)
+            if a.beats:
+                alive = store.heartbeat(job["id"], a.name,
+                                        {"step": steps, "steps": steps, "expert": "low_noise"},
+                                        a.lease)
             ok = store.finish(job["id"], a.name, "succeeded" if alive else "cancelled",
                               video=f"{job['id']}.mp4" if alive else None)
             out.append(f"finished {job['id']} {ok}")

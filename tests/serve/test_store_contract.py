@@ -80,6 +80,35 @@ def dead_worker(label="0"):
 
 
 # --------------------------------------------------------------------------------------------
+# --queue SPEC -> store
+
+
+def test_open_store_defaults_to_sqlite_in_the_data_dir(tmp_path):
+    from wanmoe.serve.store import SQLiteStore
+
+    for spec in (None, ""):
+        store = open_store(spec, tmp_path / "data")
+        try:
+            assert isinstance(store, SQLiteStore)
+            assert store.path == tmp_path / "data" / "jobs.sqlite3" and store.path.exists()
+        finally:
+            store.close()
+
+
+def test_open_store_sqlite_spec_names_the_file(tmp_path):
+    from wanmoe.serve.store import SQLiteStore
+
+    for spec, path in ((f"sqlite:{tmp_path}/a.db", tmp_path / "a.db"),
+                       (f"sqlite://{tmp_path}/b.db", tmp_path / "b.db")):
+        store = open_store(spec, tmp_path / "unused")
+        try:
+            assert isinstance(store, SQLiteStore) and store.path == path and path.exists()
+        finally:
+            store.close()
+    assert not (tmp_path / "unused").exists()
+
+
+# --------------------------------------------------------------------------------------------
 # each method
 
 

@@ -176,6 +176,32 @@ def test_requeue_running_leaves_jobs_of_other_hosts_to_their_leases(postgres_dsn
         assert got == {other["id"], legacy["id"]}
 
 
+def test_one_store_opens_at_most_max_connections(postgres_dsn):
+    from wanmoe.serve.store_postgres import PostgresStore
+
+    n_threads, n_jobs = 6, 60
+    with PostgresStore(postgres_dsn, max_connections=2) as store:
+        for i in range(n_jobs):
+            store.create({"prompt": str(i)}, i, max_queued=n_jobs)
+        got, barrier = [], threading.Barrier(n_threads)
+
+        def work():
+            barrier.wait()
+            while (job := store.claim("w", LONG)) is not None:
+                got.append(job["id"])
+
+        threads = [threading.Thread(target=work) for _ in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(got) == len(set(got)) == n_jobs
+        # every connection it ever opened is still open (idle), so this counts them all
+        (opened,), = sql(postgres_dsn, "SELECT count(*) FROM pg_stat_activity "
+                                       "WHERE application_name = 'wanmoe-serve'")
+        assert 1 <= opened <= 2
+
+
 def _kill_connections(dsn):
     """Terminate the store's server-side sessions: its pooled connections are now dead."""
     killed = sql(dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

@@ -50,7 +50,6 @@ __all__ = ["PostgresStore", "QueueFull", "QueueUnavailable", "redact_dsn"]
 SCHEMES = ("postgresql://", "postgres://")
 COLUMNS = ("id", "state", "request", "seed", "created", "started", "finished", "progress",
            "error", "worker", "attempts", "cancel_requested", "video", "lease_until")
-_IDLE_CONNECTIONS = 4  # pooled connections kept open between calls; more are opened on demand
 _NOW = "extract(epoch FROM statement_timestamp())::float8"  # the DB server's clock, unix seconds
 
 
@@ -103,9 +102,13 @@ def _dumps(obj) -> str:
 class PostgresStore:
     """The JobStore contract over a PostgreSQL table (default name `jobs`)."""
 
-    def __init__(self, dsn: str, *, table: str = "jobs", connect_timeout: float = 10.0):
+    def __init__(self, dsn: str, *, table: str = "jobs", connect_timeout: float = 10.0,
+                 max_connections: int = 16, idle_connections: int = 8):
+        """max_connections: calls of this store running at once (more wait for a free one),
+        so that many HTTP threads cannot use up the server's `max_connections` (default 100,
+        shared by every wanmoe server); idle_connections: how many stay open between calls."""
         if not isinstance(dsn, str) or not dsn.startswith(SCHEMES):
-            raise InputError(f"queue {dsn!r} is not a PostgreSQL URL: use "
+            raise InputError(f"queue {redact_dsn(str(dsn))!r} is not a PostgreSQL URL: use "
                              "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", table):
             raise InputError(f"table name {table!r} must be a lowercase SQL identifier "
@@ -118,6 +121,8 @@ class PostgresStore:
         self._connect_timeout = max(1, int(connect_timeout))
         self._idle: list = []
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max(1, int(max_connections)))
+        self._keep_idle = max(0, int(idle_connections))
         self._closed = False
         self._create_key = _advisory_key(f"wanmoe.serve:{table}:create")
         self._schema()
@@ -143,6 +148,10 @@ class PostgresStore:
         written so that running it again is harmless (create reuses its id, finish recognises
         its own earlier finish, claim at worst leaves a job that its lease hands on).
         """
+        with self._slots:
+            return self._call_once_or_twice(work)
+
+    def _call_once_or_twice(self, work):
         for attempt in (0, 1):
             with self._lock:
                 if self._closed:
@@ -169,7 +178,7 @@ class PostgresStore:
         healthy = (not conn.closed and not conn.broken
                    and conn.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE)
         with self._lock:
-            keep = healthy and not self._closed and len(self._idle) < _IDLE_CONNECTIONS
+            keep = healthy and not self._closed and len(self._idle) < self._keep_idle
             if keep:
                 self._idle.append(conn)
         if not keep:

@@ -22,7 +22,7 @@ def open_store(spec: str | None, data_dir):
     if spec is None or spec == "":
         from wanmoe.serve.store import SQLiteStore
 
-        return SQLiteStore(Path(data_dir) / DEFAULT_DB)
+        return SQLiteStore(Path(data_dir) / DEFAULT_DB)  # as store.open_store(data_dir)
     if not isinstance(spec, str):
         raise InputError(f"--queue {spec!r} must be a string")
     if spec.startswith("sqlite:"):
