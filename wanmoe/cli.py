@@ -127,6 +127,16 @@ def _add_generate(sub) -> None:
                         "flags given explicitly win")
     g.add_argument("--seed", type=int, default=-1, help="-1 = random (printed)")
     add_lora_args(p)
+    ck = p.add_argument_group("checkpoints (continue an interrupted run exactly)")
+    ck.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+                    help="save the latents and solver state every K steps (default 0 = never)")
+    ck.add_argument("--checkpoint", metavar="FILE",
+                    help="the checkpoint file (default: OUT with .ckpt appended); removed after "
+                         "the video is written")
+    ck.add_argument("--resume", metavar="FILE",
+                    help="continue the run saved in FILE (same prompt and values; the seed is "
+                         "read from FILE when --seed is not given); the result equals an "
+                         "uninterrupted run exactly")
     add_runtime_args(p)
     from .parallel.launch import add_cli_flags
 
@@ -187,6 +197,25 @@ def _sampling_values(args) -> dict:
                            guide_scale=args.guide_scale, solver=args.solver)
 
 
+def _checkpoint_args(args, n_prompts: int) -> dict:
+    """{"every", "path", "resume"} from --checkpoint-every / --checkpoint / --resume (checked)."""
+    every = args.checkpoint_every
+    if every < 0:
+        raise InputError(f"--checkpoint-every {every} must be >= 0 (0 = no checkpoints)")
+    if (every or args.resume) and n_prompts > 1:
+        raise InputError("--checkpoint-every/--resume work with one prompt, not --prompts")
+    resume = args.resume
+    if resume is not None and not Path(resume).is_file():
+        raise InputError(f"--resume {resume!r}: no such file")
+    path = args.checkpoint
+    if path is None and every:
+        path = (args.out or "out.mp4") + ".ckpt"
+    if path is not None and not every:
+        raise InputError("--checkpoint FILE needs --checkpoint-every K (how often to save)")
+    return {"every": every, "path": None if path is None else Path(path),
+            "resume": None if resume is None else Path(resume)}
+
+
 def _cmd_generate(args) -> int:
     from .parallel.setup import shutdown
 
@@ -206,6 +235,7 @@ def _generate(args) -> int:
     from .preflight import check_memory
 
     prompts = _prompts(args)
+    ckpt = _checkpoint_args(args, len(prompts))
     rt = runtime_from_args(args)
     tiling = parse_vae_tile(args.vae_tile)
     out = _check_out(args.out, ".mp4", "--out")
@@ -222,6 +252,10 @@ def _generate(args) -> int:
                                 expert=args.expert_parallel)
     main = plan is None or plan.is_main  # rank 0 writes outputs and shows progress
     seed = args.seed if plan is None else shared_seed(args.seed, plan, rt.device)
+    if ckpt["resume"] is not None and args.seed == -1:
+        from .sampling.checkpoint import saved_seed
+
+        seed = saved_seed(ckpt["resume"])
     settings = settings_for(spec.preset, size=args.size, frames=args.frames,
                             boundary=args.boundary, boundary_snr=args.boundary_snr,
                             seed=seed, **_sampling_values(args))
@@ -248,8 +282,13 @@ def _generate(args) -> int:
 
         return generate_many(pipe, prompts, settings, args.negative_prompt, plan=plan, out=out,
                              latents_path=latents_path, tiling=tiling, progress=not args.quiet)
+    if ckpt["every"] and main:
+        print(f"checkpoint: every {ckpt['every']} steps to {ckpt['path']} "
+              f"(continue an interrupted run with --resume {ckpt['path']})", file=sys.stderr)
     result = pipe.generate(prompts[0], args.negative_prompt, settings=settings,
-                           progress=not args.quiet and main, vae_tiling=tiling, decode=main)
+                           progress=not args.quiet and main, vae_tiling=tiling, decode=main,
+                           checkpoint=ckpt["path"], checkpoint_every=ckpt["every"],
+                           resume=ckpt["resume"])
     if not main:
         return 0
     t0 = time.perf_counter()
@@ -261,6 +300,8 @@ def _generate(args) -> int:
     if strip_path is not None:
         writers["--save-strip"] = lambda p: save_png_strip(result.frames, p)
     outputs.write(writers)  # all files appear together, or none
+    for used in {ckpt["path"], ckpt["resume"]} - {None}:
+        used.unlink(missing_ok=True)  # the video exists: the checkpoint has served
     timings = {"load": pipe.load_seconds, **{k: v for k, v in result.timings.items() if k != "total"},
                "write": time.perf_counter() - t0}
     timings["total"] = sum(timings.values())

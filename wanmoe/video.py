@@ -44,8 +44,13 @@ def _pad_even(arr: np.ndarray) -> np.ndarray:
     return np.pad(arr, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else arr
 
 
-def write_mp4(path, frames, fps: float, *, crf: int = OFFICIAL_CRF, pad_odd: bool = False) -> Path:
-    """Write H.264 (libx264, yuv420p) MP4. Odd sizes are refused unless `pad_odd` (edge padding)."""
+def write_mp4(path, frames, fps: float, *, crf: int = OFFICIAL_CRF, pad_odd: bool = False,
+              threads: int | None = None) -> Path:
+    """Write H.264 (libx264, yuv420p) MP4. Odd sizes are refused unless `pad_odd` (edge padding).
+
+    `threads`: x264 threads (None: x264's choice). With several threads the same frames can
+    encode differently from one call to the next (seen: +-7 levels after decoding); threads=1
+    makes the file a function of the frames (the server uses it)."""
     import av  # lazy: only needed when writing video
 
     arr = _as_frames(frames)
@@ -62,7 +67,7 @@ def write_mp4(path, frames, fps: float, *, crf: int = OFFICIAL_CRF, pad_odd: boo
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height = arr.shape[2], arr.shape[1]
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
+            stream.options = {"crf": str(crf), **({"threads": str(threads)} if threads else {})}
             for frame in arr:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)

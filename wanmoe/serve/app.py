@@ -131,7 +131,9 @@ class Handler(BaseHTTPRequestHandler):
         except _HTTPError as e:
             self._error(e.status, e.message, e.headers)
         except InputError as e:
-            self._error(HTTPStatus.UNPROCESSABLE_ENTITY, " ".join(str(e).split()))
+            field = getattr(e, "field", None)
+            self._json(HTTPStatus.UNPROCESSABLE_ENTITY, {"error": " ".join(str(e).split()),
+                                                         **({"field": field} if field else {})})
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception:

@@ -120,6 +120,10 @@ def _cmd_serve(args) -> int:
         raise InputError(f"--port {args.port} must be in [0, 65535]")
     devices = _devices(args)
     runtimes = [runtime_from_args(args, device=str(d)) for d in devices]
+    if args.checkpoint_every and runtimes[0].cache is not None and runtimes[0].cache.enabled:
+        raise InputError("--cache cannot be combined with checkpoints (the cache's state is not "
+                         "saved); pass --checkpoint-every 0 to serve with a step cache (interrupted "
+                         "jobs then start over)")
     tiling = parse_vae_tile(args.vae_tile)
     spec = P.resolve(args.ckpt_dir, high=args.high, low=args.low, vae=args.vae,
                      text_encoder=args.text_encoder, tokenizer=args.tokenizer)  # headers only

@@ -125,9 +125,9 @@ def parse_body(raw: bytes) -> dict:
     try:
         body = json.loads(raw.decode("utf-8")) if raw.strip() else None
     except (UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"body is not valid JSON ({' '.join(str(e).split())})") from None
+        raise RequestError(f"body is not valid JSON ({' '.join(str(e).split())})", None) from None
     if not isinstance(body, dict):
-        raise InputError('body must be a JSON object such as {"prompt": "a red ball rolls"}')
+        raise RequestError('body must be a JSON object such as {"prompt": "a red ball rolls"}', None)
     return body
 
 
@@ -140,16 +140,51 @@ def _json_number(label: str, value):
     return value
 
 
-def normalise(body: dict, preset, limits: Limits, *, devices=(), dtype=None, presets=(),
-              loras: LoraSetup | None = None) -> tuple[dict, list[str]]:
-    """Validate a job body -> (normalised request, warnings). Raises InputError (one line)."""
+class RequestError(InputError):
+    """A refused job body: one line starting with the JSON field it is about (`field`)."""
+
+    def __init__(self, message: str, field: str | None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# the first words of the CLI's messages -> the JSON field they are about
+_PREFIXES = (("negative prompt", "negative_prompt"), ("prompt", "prompt"), ("size", "size"),
+             ("width", "size"), ("height", "size"), ("frames", "frames"), ("steps", "steps"),
+             ("shift", "shift"), ("guide scale", "guide_scale"), ("guide_scale", "guide_scale"),
+             ("solver", "solver"), ("seed", "seed"), ("preset", "preset"), ("loras", "loras"))
+
+
+def _field_error(e: InputError) -> RequestError:
+    text = " ".join(str(e).split())
+    if isinstance(e, RequestError):
+        return e
+    field = next((f for p, f in _PREFIXES if text.startswith(p)), None)
+    if field is None or text.startswith(field):
+        return RequestError(text, field)
+    return RequestError(f"{field}: {text}", field)
+
+
+def normalise(body: dict, preset, limits: Limits, **kw) -> tuple[dict, list[str]]:
+    """Validate a job body -> (normalised request, warnings). Raises `RequestError` (an
+    InputError: one line that starts with the JSON field's name, e.g. "size: width 100 is not
+    a multiple of 32; use 96 or 128 ...")."""
+    try:
+        return _normalise(body, preset, limits, **kw)
+    except InputError as e:
+        raise _field_error(e) from None
+
+
+def _normalise(body: dict, preset, limits: Limits, *, devices=(), dtype=None, presets=(),
+               loras: LoraSetup | None = None) -> tuple[dict, list[str]]:
     from ..preflight import check_memory, check_prompts
     from ..request import sampling_values
     from ..validate import settings_for
 
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
-        raise InputError(f"unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}")
+        raise RequestError(f"{unknown[0]}: unknown field; the fields are {', '.join(FIELDS)}",
+                           unknown[0])
     if "prompt" not in body or body["prompt"] is None:
         raise InputError("prompt is required: describe the video to generate")
     prompt, negative = body["prompt"], body.get("negative_prompt")
@@ -239,5 +274,5 @@ def demo_vocabulary(preset) -> list[str] | None:
     return None
 
 
-__all__ = ["FIELDS", "Limits", "LoraSetup", "default_limits", "demo_vocabulary", "is_demo",
+__all__ = ["FIELDS", "Limits", "LoraSetup", "RequestError", "default_limits", "demo_vocabulary", "is_demo",
            "normalise", "parse_body", "prompt_warnings"]

@@ -190,9 +190,7 @@ class Worker(threading.Thread):
         every = self.checkpoint_every
 
         def run(resume):
-            from ._compat import generate
-
-            return generate(self.pipe, req["prompt"], req.get("negative_prompt"), settings=settings,
+            return self.pipe.generate(req["prompt"], req.get("negative_prompt"), settings=settings,
                                       progress=False, on_step=on_step, vae_tiling=self.vae_tiling,
                                       checkpoint=ckpt if every > 0 else None,
                                       checkpoint_every=every, resume=resume)
@@ -207,7 +205,8 @@ class Worker(threading.Thread):
                 result = run(None)
         else:
             result = run(None)
-        return write_mp4(self.data.video(job["id"]), result.frames, result.fps)
+        # one x264 thread: the same frames always give the same file (video.write_mp4)
+        return write_mp4(self.data.video(job["id"]), result.frames, result.fps, threads=1)
 
 
 def wait_idle(workers: list[Worker], timeout: float | None) -> bool:
