@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from pg_server import postgres_server  # noqa: F401  (session fixture: one real server)
+from .pg_server import postgres_server  # noqa: F401  (session fixture: one real server)
 
 from wanmoe.serve.store import MAX_ATTEMPTS, QueueFull
 from wanmoe.serve.stores import open_store

@@ -13,7 +13,8 @@ import threading
 import time
 
 import pytest
-from pg_server import PostgresServer, ensure_installed, free_port, postgres_dsn, postgres_server  # noqa: F401,E501
+from .pg_server import (PostgresServer, ensure_installed, free_port,  # noqa: F401 (fixtures)
+                        postgres_dsn, postgres_server)
 
 from wanmoe.errors import InputError, WanmoeError
 from wanmoe.serve.stores import open_store
