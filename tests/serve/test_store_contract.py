@@ -18,10 +18,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from .pg_server import postgres_server  # noqa: F401  (session fixture: one real server)
 
 from wanmoe.serve.store import MAX_ATTEMPTS, QueueFull
 from wanmoe.serve.stores import open_store
+
+from .pg_server import postgres_server  # noqa: F401  (session fixture: one real server)
 
 WORKER = Path(__file__).with_name("store_worker.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -317,9 +318,9 @@ def test_cancel_twice_is_harmless(store):
 
 def test_lease_expiry_hands_the_job_to_another_worker(store):
     ids = fill(store, 1)
-    dead = store.claim("w-dead", 0.3)
+    dead = store.claim("w-dead", 1.0)
     assert store.claim("w2", LONG) is None  # the lease still holds
-    time.sleep(0.6)  # > lease: w-dead sent no heartbeat
+    time.sleep(1.2)  # > lease: w-dead sent no heartbeat
     took = store.claim("w2", LONG)
     assert took["id"] == ids[0] and took["worker"] == "w2" and took["state"] == "running"
     assert took["attempts"] == dead["attempts"] + 1
@@ -377,11 +378,11 @@ def test_a_job_whose_workers_keep_dying_fails_after_max_attempts(store):
 
 def test_heartbeats_keep_a_job_from_being_taken(store):
     fill(store, 1)
-    job = store.claim("w1", 0.5)
-    for _ in range(4):  # 0.8 s in all, beyond the first lease, renewed every 0.2 s
-        time.sleep(0.2)
-        assert store.heartbeat(job["id"], "w1", None, 0.5) is True
-    assert store.claim("w2", 0.5) is None
+    job = store.claim("w1", 1.0)
+    for _ in range(4):  # 1.2 s in all, beyond the first lease, renewed every 0.3 s
+        time.sleep(0.3)
+        assert store.heartbeat(job["id"], "w1", None, 1.0) is True
+    assert store.claim("w2", 1.0) is None
 
 
 def test_a_killed_worker_process_loses_its_job_to_the_lease(queue, tmp_path):

@@ -13,11 +13,12 @@ import threading
 import time
 
 import pytest
-from .pg_server import (PostgresServer, ensure_installed, free_port,  # noqa: F401 (fixtures)
-                        postgres_dsn, postgres_server)
 
 from wanmoe.errors import InputError, WanmoeError
 from wanmoe.serve.stores import open_store
+
+from .pg_server import (PostgresServer, ensure_installed, free_port,  # noqa: F401 (fixtures)
+                        postgres_dsn, postgres_server)
 
 LONG = 600.0
 
