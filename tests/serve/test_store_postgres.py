@@ -69,6 +69,8 @@ def test_a_password_never_appears_in_an_error():
     assert "hunter2" not in msg and "\n" not in msg and f"127.0.0.1:{port}" in msg
     assert redact_dsn("postgresql://u@h:1/d") == "postgresql://u@h:1/d"
     assert redact_dsn("postgresql://u:p@[::1]:5/d") == "postgresql://u:***@[::1]:5/d"
+    assert redact_dsn("postgresql://u@h/d?password=hunter2&sslmode=require") \
+        == "postgresql://u@h/d?password=***&sslmode=require"
 
 
 def test_a_missing_driver_names_the_extra(monkeypatch):

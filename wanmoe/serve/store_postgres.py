@@ -34,10 +34,9 @@ import json
 import re
 import threading
 import uuid
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from wanmoe.errors import InputError, WanmoeError
-
 from wanmoe.serve.store import MAX_ATTEMPTS, TERMINAL, QueueFull, _local_worker_alive, is_job_id
 
 
@@ -66,16 +65,21 @@ def _psycopg():
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by '***', for messages and logs."""
+    """The DSN with any password (user:PASSWORD@ or ?password=) shown as '***'."""
     try:
         parts = urlsplit(dsn)
-        if parts.password is None:
-            return dsn
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
+        if parts.password is not None:
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port
+                                                             else "")
+            parts = parts._replace(netloc=netloc)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if any(k == "password" for k, _ in query):
+            query = [(k, "***" if k == "password" else v) for k, v in query]
+            parts = parts._replace(query=urlencode(query, safe="*"))
+        return urlunsplit(parts)
     except ValueError:
         return "<unparseable DSN>"
 
