@@ -50,7 +50,7 @@ def write_mp4(path, frames, fps: float, *, crf: int = OFFICIAL_CRF, pad_odd: boo
 
     `threads`: x264 threads (None: x264's choice). With several threads the same frames can
     encode differently from one call to the next (seen: +-7 levels after decoding); threads=1
-    makes the file a function of the frames (the server uses it)."""
+    makes the file a function of the frames alone (the server uses it)."""
     import av  # lazy: only needed when writing video
 
     arr = _as_frames(frames)
@@ -69,7 +69,10 @@ def write_mp4(path, frames, fps: float, *, crf: int = OFFICIAL_CRF, pad_odd: boo
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": str(crf), **({"threads": str(threads)} if threads else {})}
             for frame in arr:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                # converted here, not inside encode(): the encoder's own conversion gave
+                # different bytes for the same frames depending on earlier encodes in the process
+                vf = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+                for packet in stream.encode(vf):
                     container.mux(packet)
             for packet in stream.encode():  # flush the encoder
                 container.mux(packet)

@@ -21,7 +21,7 @@ CHEAP = {"steps": 1, "frames": 1, "size": "32*32"}  # the cheapest job the demo 
 class ServeProcess:
     """`python -m wanmoe serve --port 0 ...`; `url` once it printed that it listens."""
 
-    def __init__(self, data_dir, *args, token=None, log_name="serve.log"):
+    def __init__(self, data_dir, *args, token=None, log_name="serve.log", wait=True):
         self.data_dir = Path(data_dir)
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-{log_name}"
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
@@ -34,7 +34,7 @@ class ServeProcess:
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                      stderr=self._log)
         self.lines = []
-        ready = threading.Event()
+        self._ready = ready = threading.Event()
 
         def read():
             for raw in self.proc.stdout:
@@ -45,14 +45,21 @@ class ServeProcess:
             ready.set()
 
         threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(START_TIMEOUT_S) or not any("http://" in x for x in self.lines):
+        if wait:
+            self.ready()
+
+    def ready(self) -> "ServeProcess":
+        """Wait until the server printed its URL (it listens and its workers run)."""
+        if not self._ready.wait(START_TIMEOUT_S) or not any("http://" in x for x in self.lines):
             self.kill()
             raise AssertionError(f"wanmoe serve did not start: {self.log()[-2000:]}")
         m = re.search(r"http://([^/]+):(\d+)/", next(x for x in self.lines if "http://" in x))
         self.host, self.port = m.group(1), int(m.group(2))
+        return self
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def request(self, method, path, body=None, token="default", headers=None, timeout=60):

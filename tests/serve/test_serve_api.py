@@ -16,6 +16,7 @@ TOKEN = "s3cret-token"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     s = ServeProcess(tmp_path_factory.mktemp("api") / "data", "--checkpoint-every", "2",
+                     "--save-latents",
                      "--queue-size", "50", token=TOKEN)
     yield s
     rc = s.stop()
@@ -233,13 +234,14 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def test_frames_decode_to_what_the_pipeline_makes(server, tmp_path, one_thread):
-    """The served MP4 holds the frames `pipe.generate` makes in this process for the same
-    request and seed: the server passes prompt, seed and settings through unchanged."""
+def test_served_job_equals_the_pipeline_run(server, tmp_path, one_thread):
+    """The server passes prompt, seed and settings through unchanged: its latents equal those
+    `pipe.generate` makes in this process for the same request, and its MP4 decodes to the
+    same frames up to the encoder (x264 is not bit-reproducible from run to run, seen <= 7)."""
     import torch
+    from safetensors.torch import load_file
 
     from wanmoe import pipeline as P
-    from wanmoe.video import write_mp4
 
     body = {"prompt": "a yellow triangle moves left", "steps": 3, "frames": 5, "size": "64*64",
             "seed": 11}
@@ -247,10 +249,11 @@ def test_frames_decode_to_what_the_pipeline_makes(server, tmp_path, one_thread):
     final = server.wait(job["id"])
     assert final["state"] == "succeeded", final
     served, _ = _decode(server.request("GET", final["video_url"])[2], tmp_path)
+    latents = load_file(server.data_dir / "latents" / f"{job['id']}.safetensors")["latents"]
     pipe = P.load_pipeline(device="cpu")
     with torch.no_grad():
         ref = pipe.generate(body["prompt"], steps=3, frames=5, size="64*64", seed=11, progress=False)
-    write_mp4(tmp_path / "ref.mp4", ref.frames, ref.fps, threads=1)
-    ref_frames, _ = _decode((tmp_path / "ref.mp4").read_bytes(), tmp_path)
-    assert served.shape == (5, 64, 64, 3)
-    assert np.array_equal(served, ref_frames)
+    assert torch.equal(latents, ref.latents)
+    assert served.shape == (5, 64, 64, 3) == tuple(ref.frames.shape)
+    diff = np.abs(served.astype(int) - ref.frames.numpy().astype(int))
+    assert diff.mean() < 2 and np.percentile(diff, 99) <= 12  # H.264 at crf 10 on 64x64

@@ -57,6 +57,9 @@ def register_cli(sub) -> None:
     s.add_argument("--max-steps", type=int, help="cap on steps per job (default: the CLI's)")
     s.add_argument("--max-pixels", type=int,
                    help=f"cap on width*height (default {PIXEL_FACTOR}x the largest official size)")
+    s.add_argument("--save-latents", action="store_true",
+                   help="also keep each job's final latents as DATA_DIR/latents/<id>.safetensors "
+                        "(key 'latents', float32 [C, F, h, w])")
     s.add_argument("--lora-dir", help="folder of LoRA files that jobs may name in \"loras\" "
                                       "(needs --lora-mode runtime)")
     add_checkpoint_args(p)
@@ -163,7 +166,8 @@ def _cmd_serve(args) -> int:
             setup = LoraSetup(lora_setup.folder, loras) if lora_setup else None  # one per pipeline
             workers.append(Worker(store, pipe, data, worker_name(f"{i}-{dev}"), lease_s=args.lease,
                                   checkpoint_every=args.checkpoint_every, loras=setup,
-                                  on_change=state.changes, vae_tiling=tiling))
+                                  on_change=state.changes, vae_tiling=tiling,
+                                  save_latents=args.save_latents))
         state.workers = workers
         state.ring = lambda: [w.bell.set() for w in workers]
         server.RequestHandlerClass.state = state

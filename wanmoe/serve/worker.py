@@ -49,6 +49,11 @@ class DataDir:
             raise ValueError(f"not a job id: {job_id!r}")
         return self.videos / f"{job_id}.mp4"
 
+    def latents(self, job_id: str) -> Path:
+        if not is_job_id(job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
+        return self.root / "latents" / f"{job_id}.safetensors"
+
     def checkpoint(self, job_id: str) -> Path:
         if not is_job_id(job_id):
             raise ValueError(f"not a job id: {job_id!r}")
@@ -96,12 +101,14 @@ class Worker(threading.Thread):
     """Claims and runs jobs on one pipeline until `stop()`."""
 
     def __init__(self, store: JobStore, pipe, data: DataDir, name: str, *, lease_s: float = 30.0,
-                 checkpoint_every: int = 5, loras=None, on_change=None, vae_tiling=None) -> None:
+                 checkpoint_every: int = 5, loras=None, on_change=None, vae_tiling=None,
+                 save_latents: bool = False) -> None:
         super().__init__(name=f"worker-{name.rsplit(':', 1)[-1]}", daemon=True)
         self.store, self.pipe, self.data, self.worker_id = store, pipe, data, name
         self.lease_s, self.checkpoint_every = lease_s, checkpoint_every
         self.loras = loras  # wanmoe.serve.jobs.LoraSetup when per-job LoRAs are allowed
         self.vae_tiling = vae_tiling
+        self.save_latents = save_latents  # also DATA/latents/<id>.safetensors
         self.on_change = on_change or (lambda job_id: None)  # wakes event streams
         self.bell = threading.Event()  # rung when a job is queued here
         self.stopping = threading.Event()
@@ -205,7 +212,10 @@ class Worker(threading.Thread):
                 result = run(None)
         else:
             result = run(None)
-        # one x264 thread: the same frames always give the same file (video.write_mp4)
+        if self.save_latents:  # before the video: a succeeded job has every file
+            from ..video import save_latents
+
+            save_latents(self.data.latents(job["id"]), result.latents)
         return write_mp4(self.data.video(job["id"]), result.frames, result.fps, threads=1)
 
 
