@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -113,6 +114,7 @@ def main() -> None:
             results[name] = bench("postgres", dsn, reset_pg, a.jobs, a.runs, tmp)
         finally:
             server.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
     print(f"{a.jobs} jobs, 2 worker processes, median of {a.runs} runs; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
