@@ -9,15 +9,21 @@ import threading
 import time
 from collections import Counter
 
+import pytest
 from helpers_serve import CHEAP, ended_lines
+
+from .pg_server import postgres_server  # noqa: F401 (fixture)
 
 N_JOBS = 200
 QUEUE = 50
 
 
-def test_200_jobs_two_servers_one_queue(serve_factory, tmp_path):
+@pytest.mark.parametrize("queue", ["sqlite", "postgres"])
+def test_200_jobs_two_servers_one_queue(serve_factory, tmp_path, queue, request):
     data = tmp_path / "data"
     flags = ("--queue-size", str(QUEUE), "--checkpoint-every", "0")
+    if queue == "postgres":
+        flags += ("--queue", request.getfixturevalue("postgres_server").new_database())
     servers = [serve_factory(data, *flags, log_name=f"{n}.log", wait=False) for n in ("one", "two")]
     for s in servers:  # started together, waited for together
         s.ready()

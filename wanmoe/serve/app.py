@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import InputError
 from .jobs import normalise, parse_body
-from .store import TERMINAL, QueueFull, is_job_id
+from .store import TERMINAL, QueueFull, QueueUnavailable, is_job_id
 
 log = logging.getLogger("wanmoe.serve")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -131,6 +131,8 @@ class Handler(BaseHTTPRequestHandler):
             self._route(method, url.path, parse_qs(url.query, keep_blank_values=True))
         except _HTTPError as e:
             self._error(e.status, e.message, e.headers)
+        except QueueUnavailable as e:  # the shared queue's database cannot be reached
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, " ".join(str(e).split()), {"Retry-After": "5"})
         except InputError as e:
             field = getattr(e, "field", None)
             self._json(HTTPStatus.UNPROCESSABLE_ENTITY, {"error": " ".join(str(e).split()),

@@ -45,6 +45,11 @@ def register_cli(sub) -> None:
                                    f"{TOKEN_ENV}, which keeps it out of the process list)")
     s.add_argument("--devices", help="comma-separated devices, one worker each "
                                      "(e.g. cuda:0,cuda:1; default: --device)")
+    s.add_argument("--queue", metavar="SPEC",
+                   help="where the jobs are kept: sqlite:PATH, or postgresql://USER[:PASSWORD]@"
+                        "HOST[:PORT]/DB to share one queue between servers on several machines "
+                        "(pip install 'wanmoe[postgres]'; docs/serve_scaleout.md); default: "
+                        "DATA_DIR/jobs.sqlite3")
     s.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE,
                    help=f"most queued jobs; more get 429 (default {DEFAULT_QUEUE})")
     s.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY, metavar="K",
@@ -109,7 +114,8 @@ def _cmd_serve(args) -> int:
     from ..validate import parse_vae_tile
     from .app import ServeState, make_server
     from .jobs import LoraSetup, default_limits
-    from .store import open_store, worker_name
+    from .store import worker_name
+    from .stores import open_store
     from .worker import DataDir, Worker, wait_idle
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
@@ -148,7 +154,7 @@ def _cmd_serve(args) -> int:
                             max_steps=args.max_steps, max_pixels=pixels)
     data = DataDir(args.data_dir).make()
     server = make_server(None, args.host, args.port)  # bound now; the state comes below
-    store = open_store(data.root)
+    store = open_store(args.queue, data.root)
     try:
         back = store.requeue_running()
         if back:

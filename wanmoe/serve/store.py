@@ -32,6 +32,8 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
+from wanmoe.errors import WanmoeError
+
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -45,6 +47,10 @@ class QueueFull(Exception):
         super().__init__(f"the queue is full ({queued} queued jobs, the limit is {max_queued}); "
                          "try again when a job has started")
         self.queued, self.max_queued = queued, max_queued
+
+
+class QueueUnavailable(WanmoeError):
+    """The shared queue's database cannot be reached (HTTP 503; a worker retries later)."""
 
 
 def new_job_id() -> str:

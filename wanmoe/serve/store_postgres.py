@@ -37,11 +37,8 @@ import uuid
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from wanmoe.errors import InputError, WanmoeError
-from wanmoe.serve.store import MAX_ATTEMPTS, TERMINAL, QueueFull, _local_worker_alive, is_job_id
-
-
-class QueueUnavailable(WanmoeError):
-    """The PostgreSQL server cannot be reached (HTTP 503; a worker retries later)."""
+from wanmoe.serve.store import (MAX_ATTEMPTS, TERMINAL, QueueFull, QueueUnavailable,
+                                _local_worker_alive, is_job_id)
 
 
 __all__ = ["PostgresStore", "QueueFull", "QueueUnavailable", "redact_dsn"]
