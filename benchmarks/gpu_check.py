@@ -12,8 +12,13 @@
    on the same inputs (the 40 blocks are identical in shape, so this is exact up to caching
    effects). TFLOP/s from the analytic FLOPs of benchmarks/bench_dit.py, and the share of the
    dense bf16 peak of the device (table below; unknown devices: no percentage).
-3. Attention alone, each available backend (sdpa, flash), 40 heads x 128, at both sizes:
-   TFLOP/s (4 L^2 d FLOPs), and the error of each against an fp32 reference on a slice.
+3. Attention alone, each backend of `runtime.attention_tune.REGISTRY` the device can run (fa3,
+   fa2, cudnn, sdpa-flash, sdpa-efficient, sdpa; SageAttention when installed), 40 heads x 128,
+   at both sizes: TFLOP/s (4 L^2 d FLOPs), the error of each against an fp32 reference on a
+   slice, and the backend `--attention auto` picks for the shape.
+3b. fp8 matmul: one A14B FFN linear, dequant vs `torch._scaled_mm` with per-token activation
+   scales (`--fp8-matmul auto`), time and error vs dequant and vs the fp32 emulation.
+3c. What `batched_cfg` unset decides at 480P / 720P with one fp8 expert resident.
 4. Peak memory of each forward (torch.cuda.max_memory_allocated).
 5. A Lightning 480P estimate: 4 DiT forwards (guidance 1) from the measured forward time; the
    text encoder and VAE decode are not included (say so in the output).
@@ -38,7 +43,7 @@ from bench_dit import dit_flops, inputs, materialize_, median_times  # noqa: E40
 
 from wanmoe.configs import A14B_DIT, DiTConfig  # noqa: E402
 from wanmoe.models.dit import WanDiT  # noqa: E402
-from wanmoe.runtime.attention import attention, flash_available  # noqa: E402
+from wanmoe.runtime.attention import attention  # noqa: E402
 
 GRIDS = {"480P": (21, 60, 104), "720P": (21, 90, 160)}
 SMOKE_GRIDS = {"smoke": (2, 6, 8)}
@@ -65,7 +70,7 @@ def _model(cfg: DiTConfig, layers: int, device, fp8: bool) -> WanDiT:
     if fp8 and layers:
         from wanmoe.runtime.quant.apply import quantize_model
 
-        quantize_model(m, "fp8", use_scaled_mm=True)
+        quantize_model(m, "fp8", use_scaled_mm=True)  # matmul="auto": _scaled_mm where it exists
     return m.set_compute_dtype(torch.bfloat16).eval()
 
 
@@ -103,21 +108,88 @@ def dit_rows(cfg, grids, device, cuda, blocks: int, runs: int, peak_tflops, out:
 
 @torch.no_grad()
 def attention_rows(cfg, grids, device, cuda, runs: int, out: list) -> None:
+    """Every registry backend the device can run (SageAttention too when installed), its TFLOP/s
+    and error, and what `--attention auto` picks for the shape."""
+    from wanmoe.runtime.attention_tune import REGISTRY, AttentionAutotuner
+
     out.append("\n| backend | grid | tokens | ms | TFLOP/s | max rel err vs fp32 (first 1024 queries) |")
     out.append("|---|---|---|---|---|---|")
-    backends = ["sdpa"] + (["flash"] if cuda and flash_available(torch.empty(1, device=device, dtype=torch.bfloat16)) else [])
+    picks = []
     for label, grid in grids.items():
         tokens = math.prod(grid) // 4
         g = torch.Generator(device=device).manual_seed(0)
+        dtype = torch.bfloat16 if cuda else torch.float32
         q, k, v = (torch.randn(1, tokens, cfg.num_heads, cfg.head_dim, generator=g, device=device,
-                               dtype=torch.bfloat16) for _ in range(3))
+                               dtype=dtype) for _ in range(3))
         ref = attention(q[:, :1024].float(), k.float(), v.float(), backend="reference")
-        for name in backends:
-            ms = 1e3 * _timed(lambda: attention(q, k, v, backend=name), cuda, runs)
+        names = ["reference"] if not cuda else []
+        names += [n for n, b in REGISTRY.items() if b.available(q)]
+        for name in names:
+            fn = (lambda: attention(q, k, v, backend="reference")) if name == "reference" else \
+                (lambda b=REGISTRY[name]: b.fn(q, k, v))
+            try:
+                ms = 1e3 * _timed(fn, cuda, runs)
+                err = ((fn()[:, :1024].float() - ref).abs().max() / ref.abs().max()).item()
+            except Exception as e:  # noqa: BLE001 - report a kernel that cannot run, keep going
+                out.append(f"| {name} | {label} | {tokens} | failed: {type(e).__name__} | - | - |")
+                continue
             flops = 4 * tokens * tokens * cfg.dim
-            err = ((attention(q, k, v, backend=name)[:, :1024].float() - ref).abs().max() / ref.abs().max()).item()
-            out.append(f"| {name} | {label} | {tokens} | {ms:.1f} | {flops / ms / 1e9:.0f} | {err:.1e} |")
+            out.append(f"| {name}{' (approx.)' if name in REGISTRY and not REGISTRY[name].exact else ''} "
+                       f"| {label} | {tokens} | {ms:.1f} | {flops / ms / 1e9:.0f} | {err:.1e} |")
+        tuner = AttentionAutotuner(sage=True, devices=("cuda", "cpu"), log=picks.append)
+        tuner(q, k, v)
         del q, k, v, ref
+    out.append("\n`--attention auto+sage` choice per shape (auto excludes sage):\n")
+    out += [f"- {line}" for line in picks]
+
+
+@torch.no_grad()
+def fp8_matmul_rows(cfg, grids, device, cuda, runs: int, out: list) -> None:
+    """One A14B FFN linear (dim -> ffn_dim) at each grid's token count: fp8 dequant vs
+    `torch._scaled_mm` with per-token scales (where the path exists), error vs dequant and vs
+    the float32 emulation of the quantise-matmul."""
+    from wanmoe.runtime.quant.linear import FP8Linear, quantize_rows, scaled_mm_emulated
+    from wanmoe.runtime.quant.quantize import quantize_fp8
+
+    dtype = torch.bfloat16 if cuda else torch.float32
+    g = torch.Generator(device=device).manual_seed(1)
+    w = torch.randn(cfg.ffn_dim, cfg.dim, generator=g, device=device) * cfg.dim**-0.5
+    layers = {m: FP8Linear(*quantize_fp8(w), matmul=m) for m in ("dequant", "auto" if cuda else "scaled")}
+    out.append("\n| fp8 linear (dim -> ffn) | grid | tokens | path | ms | TFLOP/s | rel err vs dequant | "
+               "rel err vs fp32 emulation |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    for label, grid in grids.items():
+        tokens = math.prod(grid) // 4
+        x = torch.randn(tokens, cfg.dim, generator=g, device=device).to(dtype)
+        base = layers["dequant"](x).float()
+        emu = scaled_mm_emulated(*quantize_rows(x), layers["dequant"].weight, layers["dequant"].weight_scale,
+                                 torch.float32)
+        for mode, lin in layers.items():
+            ms = 1e3 * _timed(lambda: lin(x), cuda, runs)
+            y = lin(x).float()
+            tflops = 2 * tokens * cfg.dim * cfg.ffn_dim / ms / 1e9
+            e_deq = ((y - base).norm() / base.norm()).item()
+            e_emu = ((y - emu).norm() / emu.norm()).item()
+            out.append(f"| {mode} | {label} | {tokens} | {lin.path(x)} | {ms:.2f} | {tflops:.0f} | "
+                       f"{e_deq:.1e} | {e_emu:.1e} |")
+        del x, base, emu
+
+
+def cfg_batch_rows(grids, device, cuda, out: list) -> None:
+    """What batched_cfg=None decides here for A14B with one fp8 expert resident (memory model)."""
+    from wanmoe.configs import T2V_A14B
+    from wanmoe.runtime.cfg_batch import decide_batched_cfg, free_device_bytes
+    from wanmoe.runtime.memory import expert_bytes
+
+    free = free_device_bytes(torch.device(device))
+    if free is not None:
+        non_block, block = expert_bytes(T2V_A14B, "fp8", torch.bfloat16)
+        free -= non_block + 40 * block
+    out.append("\nAuto CFG batching (A14B, one fp8 expert resident, free memory measured now):\n")
+    for label, grid in grids.items():
+        d = decide_batched_cfg(T2V_A14B, math.prod(grid) // 4, torch.bfloat16, "cuda" if cuda else "cpu",
+                               free, "fp8")
+        out.append(f"- {label}: {'batched' if d.batched else 'separate'} ({d.reason})")
 
 
 def main() -> None:
@@ -146,6 +218,8 @@ def main() -> None:
     t0 = time.perf_counter()
     per_forward = dit_rows(cfg, grids, device, cuda, args.blocks, args.runs, peak, out)
     attention_rows(cfg, grids, device, cuda, args.runs, out)
+    fp8_matmul_rows(cfg, grids, device, cuda, args.runs, out)
+    cfg_batch_rows(grids if cuda else GRIDS, device, cuda, out)
     first = next(iter(grids))
     for weights in ("bf16", "fp8 (scaled_mm)"):
         if (weights, first) in per_forward:

@@ -25,14 +25,12 @@ OPTIONAL_COMMANDS = {
     "convert": ("wanmoe.convert", "convert a checkpoint between layouts"),
     "train": ("wanmoe.demo.training.cli", "train the tiny demo model"),
     "plan": ("wanmoe.plan", "predict memory and speed of each weight format / offload mode on a GPU"),
+    "serve": ("wanmoe.serve.cli", "HTTP API + web page with a persistent job queue"),
 }
 
 
-def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="text -> MP4 video",
-                       description="Generate a video from a text prompt. Unset values take the "
-                                   "model's official defaults (see docs/cli.md).")
-    p.add_argument("prompt_text", nargs="?", metavar="PROMPT", help="the prompt (or use --prompt)")
+def add_checkpoint_args(p) -> None:
+    """The model-file flags (`generate`, `serve`)."""
     src = p.add_argument_group("checkpoint (default: the built-in demo model)")
     src.add_argument("--ckpt-dir", help="official Wan2.2-T2V-A14B / TI2V-5B folder, diffusers folder "
                                         "or wanmoe folder")
@@ -42,6 +40,83 @@ def _add_generate(sub) -> None:
     src.add_argument("--text-encoder", help="umT5 encoder file (models_t5_umt5-xxl-enc-bf16.pth, HF "
                                           "safetensors, umt5-xxl-encoder-Q8_0.gguf, ...)")
     src.add_argument("--tokenizer", help="tokenizer.json or folder (google/umt5-xxl)")
+
+
+def add_lora_args(p) -> None:
+    """The LoRA flags (`generate`, `serve`)."""
+    lo = p.add_argument_group("LoRA (FILE or FILE:STRENGTH, repeatable; any common layout)")
+    lo.add_argument("--lora", action="append", default=[], metavar="FILE[:S]",
+                    help="a LoRA on every expert")
+    lo.add_argument("--lora-high", action="append", default=[], metavar="FILE[:S]",
+                    help="a LoRA on the high-noise expert (A14B)")
+    lo.add_argument("--lora-low", action="append", default=[], metavar="FILE[:S]",
+                    help="a LoRA on the low-noise expert (A14B)")
+    lo.add_argument("--lora-mode", choices=[m.value for m in LoRAMode], default="merge",
+                    help="merge into float weights at load (default; quantised layers get a side "
+                         "branch) or runtime (a side branch on every layer)")
+
+
+def add_runtime_args(p) -> None:
+    """The runtime flags (`generate`, `serve`); `runtime_from_args` turns them into a config."""
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
+    r.add_argument("--dtype", choices=["bf16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
+    r.add_argument("--weights", choices=[m.value for m in WeightMode if m is not WeightMode.DEFAULT],
+                   help="DiT weight storage (default: as --dtype needs; keep = as stored, e.g. GGUF)")
+    r.add_argument("--offload", nargs="?", const="expert", metavar="MODE",
+                   help="expert = keep only the active expert on the GPU (bare --offload); "
+                        "blocks[:N] = stream DiT blocks from host memory, N on the GPU (default 2); "
+                        "none; auto (default: expert when all experts take more than half the GPU)")
+    r.add_argument("--no-offload", dest="offload", action="store_const", const="none",
+                   help="same as --offload none")
+    r.add_argument("--attention", default="auto", choices=list(ATTENTION_BACKENDS),
+                   help="attention backend (auto: on CUDA the fastest of fa3/fa2/cudnn/sdpa kernels, "
+                        "timed once per shape and logged; on CPU torch SDPA; auto+sage: SageAttention "
+                        "as a candidate too (approximate); reference: plain fp32 softmax)")
+    r.add_argument("--fp8-matmul", default="dequant", choices=["dequant", "scaled", "auto"],
+                   help="fp8 weights (--weights fp8, scaled-fp8 files): dequant = dequantise + matmul "
+                        "(default); auto = torch._scaled_mm with per-token activation scales on GPUs "
+                        "with fp8 tensor cores (compute capability >= 8.9), else dequant")
+    r.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU")
+    r.add_argument("--text-weights", choices=["fp8", "int8"],
+                   help="quantise the umT5 linears per output channel while loading (default: as "
+                        "stored; a GGUF encoder stays GGUF); docs/quantization.md")
+    r.add_argument("--batched-cfg", action="store_true", default=None,
+                   help="run the conditional and unconditional passes as one batch of 2 (default: "
+                        "on CUDA when the memory model says it fits, separate passes on CPU)")
+    r.add_argument("--no-batched-cfg", dest="batched_cfg", action="store_false",
+                   help="always run the two passes one after another")
+    r.add_argument("--vae-tile", metavar="H,W,OVERLAP",
+                   help="decode in spatial tiles of HxW latent pixels overlapping by OVERLAP "
+                        "(less VAE memory at 720P; e.g. 45,80,8); default: untiled")
+    r.add_argument("--per-token-time", action="store_true",
+                   help="embed the timestep for every token like the official code (bit-exact to "
+                   "it in bf16; costs an fp32 [L, 6, dim] tensor per sample, 9.3 GB at A14B 720P)")
+    r.add_argument("--cache", default="off", metavar="off|easy[:T]|mag[:T[:K]]",
+                   help="skip DiT forwards whose change is predicted small: easy (runtime-adaptive, "
+                        "threshold 0.05) or mag (MagCache's published Wan2.2 ratios, threshold "
+                        "0.04, at most K=2 skips in a row); off (default) is exact")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def runtime_from_args(args, device=None):
+    """RuntimeConfig of the runtime flags; `device` overrides --device (serve: one per worker)."""
+    from .request import runtime_config
+
+    return runtime_config(args.device if device is None else device, args.dtype,
+                          weights=args.weights, offload=args.offload,
+                          text_device="cpu" if args.t5_cpu else None, attention=args.attention,
+                          batched_cfg=args.batched_cfg, per_token_time=args.per_token_time,
+                          lora_mode=args.lora_mode, cache=args.cache,
+                          fp8_matmul=args.fp8_matmul, text_weights=args.text_weights)
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="text -> MP4 video",
+                       description="Generate a video from a text prompt. Unset values take the "
+                                   "model's official defaults (see docs/cli.md).")
+    p.add_argument("prompt_text", nargs="?", metavar="PROMPT", help="the prompt (or use --prompt)")
+    add_checkpoint_args(p)
     g = p.add_argument_group("generation (defaults: the model's official values)")
     g.add_argument("--prompt", help="the prompt")
     g.add_argument("--prompts", metavar="FILE",
@@ -63,48 +138,22 @@ def _add_generate(sub) -> None:
                    help="a named set of sampling values; lightning = --solver euler-lightning "
                         "--steps 4 --shift 5 --guide-scale 1 (for the 4-step distilled LoRAs); "
                         "flags given explicitly win")
+    g.add_argument("--cfg-steps", type=int, default=None, metavar="K",
+                   help="phased guidance: real CFG on the first K steps only, guidance 1 (one "
+                        "forward, no unconditional pass) after; default: CFG on every step")
     g.add_argument("--seed", type=int, default=-1, help="-1 = random (printed)")
-    lo = p.add_argument_group("LoRA (FILE or FILE:STRENGTH, repeatable; any common layout)")
-    lo.add_argument("--lora", action="append", default=[], metavar="FILE[:S]",
-                    help="a LoRA on every expert")
-    lo.add_argument("--lora-high", action="append", default=[], metavar="FILE[:S]",
-                    help="a LoRA on the high-noise expert (A14B)")
-    lo.add_argument("--lora-low", action="append", default=[], metavar="FILE[:S]",
-                    help="a LoRA on the low-noise expert (A14B)")
-    lo.add_argument("--lora-mode", choices=[m.value for m in LoRAMode], default="merge",
-                    help="merge into float weights at load (default; quantised layers get a side "
-                         "branch) or runtime (a side branch on every layer)")
-    r = p.add_argument_group("runtime")
-    r.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
-    r.add_argument("--dtype", choices=["bf16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
-    r.add_argument("--weights", choices=[m.value for m in WeightMode if m is not WeightMode.DEFAULT],
-                   help="DiT weight storage (default: as --dtype needs; keep = as stored, e.g. GGUF)")
-    r.add_argument("--offload", nargs="?", const="expert", metavar="MODE",
-                   help="expert = keep only the active expert on the GPU (bare --offload); "
-                        "blocks[:N] = stream DiT blocks from host memory, N on the GPU (default 2); "
-                        "none; auto (default: expert when all experts take more than half the GPU)")
-    r.add_argument("--no-offload", dest="offload", action="store_const", const="none",
-                   help="same as --offload none")
-    r.add_argument("--attention", default="auto", choices=list(ATTENTION_BACKENDS),
-                   help="attention backend (auto: flash-attn when installed and on CUDA, else "
-                        "torch SDPA; reference: plain fp32 softmax)")
-    r.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU")
-    r.add_argument("--text-weights", choices=["fp8", "int8"],
-                   help="quantise the umT5 linears per output channel while loading (default: as "
-                        "stored; a GGUF encoder stays GGUF); docs/quantization.md")
-    r.add_argument("--batched-cfg", action="store_true",
-                   help="run the conditional and unconditional passes as one batch of 2")
-    r.add_argument("--vae-tile", metavar="H,W,OVERLAP",
-                   help="decode in spatial tiles of HxW latent pixels overlapping by OVERLAP "
-                        "(less VAE memory at 720P; e.g. 45,80,8); default: untiled")
-    r.add_argument("--per-token-time", action="store_true",
-                   help="embed the timestep for every token like the official code (bit-exact to "
-                   "it in bf16; costs an fp32 [L, 6, dim] tensor per sample, 9.3 GB at A14B 720P)")
-    r.add_argument("--cache", default="off", metavar="off|easy[:T]|mag[:T[:K]]",
-                   help="skip DiT forwards whose change is predicted small: easy (runtime-adaptive, "
-                        "threshold 0.05) or mag (MagCache's published Wan2.2 ratios, threshold "
-                        "0.04, at most K=2 skips in a row); off (default) is exact")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_lora_args(p)
+    ck = p.add_argument_group("checkpoints (continue an interrupted run exactly)")
+    ck.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+                    help="save the latents and solver state every K steps (default 0 = never)")
+    ck.add_argument("--checkpoint", metavar="FILE",
+                    help="the checkpoint file (default: OUT with .ckpt appended); removed after "
+                         "the video is written")
+    ck.add_argument("--resume", metavar="FILE",
+                    help="continue the run saved in FILE (same prompt and values; the seed is "
+                         "read from FILE when --seed is not given); the result equals an "
+                         "uninterrupted run exactly")
+    add_runtime_args(p)
     from .parallel.launch import add_cli_flags
 
     add_cli_flags(p.add_argument_group("multi-GPU (launch with torchrun; docs/multi-gpu.md)"))
@@ -158,13 +207,29 @@ def _check_out(path: str | None, suffix: str, flag: str) -> Path | None:
 
 def _sampling_values(args) -> dict:
     """Sampling flags, with a --preset's values filling the ones not given."""
-    values = {"steps": args.steps, "shift": args.shift, "guide_scale": args.guide_scale,
-              "solver": args.solver}
-    for key, value in (PRESETS[args.preset] if args.preset else {}).items():
-        if values.get(key) is None:
-            values[key] = value
-    values["solver"] = values["solver"] or "unipc"
-    return values
+    from .request import sampling_values
+
+    return sampling_values(args.preset, steps=args.steps, shift=args.shift,
+                           guide_scale=args.guide_scale, solver=args.solver)
+
+
+def _checkpoint_args(args, n_prompts: int) -> dict:
+    """{"every", "path", "resume"} from --checkpoint-every / --checkpoint / --resume (checked)."""
+    every = args.checkpoint_every
+    if every < 0:
+        raise InputError(f"--checkpoint-every {every} must be >= 0 (0 = no checkpoints)")
+    if (every or args.resume) and n_prompts > 1:
+        raise InputError("--checkpoint-every/--resume work with one prompt, not --prompts")
+    resume = args.resume
+    if resume is not None and not Path(resume).is_file():
+        raise InputError(f"--resume {resume!r}: no such file")
+    path = args.checkpoint
+    if path is None and every:
+        path = (args.out or "out.mp4") + ".ckpt"
+    if path is not None and not every:
+        raise InputError("--checkpoint FILE needs --checkpoint-every K (how often to save)")
+    return {"every": every, "path": None if path is None else Path(path),
+            "resume": None if resume is None else Path(resume)}
 
 
 def _cmd_generate(args) -> int:
@@ -180,16 +245,14 @@ def _generate(args) -> int:
     from . import pipeline as P
     from .parallel.launch import parallel_runtime
     from .parallel.setup import shared_seed
-    from .request import lora_plan, runtime_config
+    from .request import lora_plan
     from .validate import parse_vae_tile, settings_for
     from .outputs import OutputPlan
     from .preflight import check_memory
 
     prompts = _prompts(args)
-    rt = runtime_config(args.device, args.dtype, weights=args.weights, offload=args.offload,
-                        text_device="cpu" if args.t5_cpu else None, attention=args.attention,
-                        batched_cfg=args.batched_cfg, per_token_time=args.per_token_time,
-                        lora_mode=args.lora_mode, cache=args.cache, text_weights=args.text_weights)
+    ckpt = _checkpoint_args(args, len(prompts))
+    rt = runtime_from_args(args)
     tiling = parse_vae_tile(args.vae_tile)
     out = _check_out(args.out, ".mp4", "--out")
     latents_path = _check_out(args.save_latents, ".safetensors", "--save-latents")
@@ -205,9 +268,13 @@ def _generate(args) -> int:
                                 expert=args.expert_parallel)
     main = plan is None or plan.is_main  # rank 0 writes outputs and shows progress
     seed = args.seed if plan is None else shared_seed(args.seed, plan, rt.device)
+    if ckpt["resume"] is not None and args.seed == -1:
+        from .sampling.checkpoint import saved_seed
+
+        seed = saved_seed(ckpt["resume"])
     settings = settings_for(spec.preset, size=args.size, frames=args.frames,
                             boundary=args.boundary, boundary_snr=args.boundary_snr,
-                            seed=seed, **_sampling_values(args))
+                            seed=seed, cfg_steps=args.cfg_steps, **_sampling_values(args))
     check_memory(spec.preset, settings.width, settings.height, settings.frames, rt.device, rt.dtype,
                  rt.batched_cfg)
     loras = lora_plan(spec.preset, args.lora, args.lora_high, args.lora_low)
@@ -231,8 +298,13 @@ def _generate(args) -> int:
 
         return generate_many(pipe, prompts, settings, args.negative_prompt, plan=plan, out=out,
                              latents_path=latents_path, tiling=tiling, progress=not args.quiet)
+    if ckpt["every"] and main:
+        print(f"checkpoint: every {ckpt['every']} steps to {ckpt['path']} "
+              f"(continue an interrupted run with --resume {ckpt['path']})", file=sys.stderr)
     result = pipe.generate(prompts[0], args.negative_prompt, settings=settings,
-                           progress=not args.quiet and main, vae_tiling=tiling, decode=main)
+                           progress=not args.quiet and main, vae_tiling=tiling, decode=main,
+                           checkpoint=ckpt["path"], checkpoint_every=ckpt["every"],
+                           resume=ckpt["resume"])
     if not main:
         return 0
     t0 = time.perf_counter()
@@ -244,6 +316,8 @@ def _generate(args) -> int:
     if strip_path is not None:
         writers["--save-strip"] = lambda p: save_png_strip(result.frames, p)
     outputs.write(writers)  # all files appear together, or none
+    for used in {ckpt["path"], ckpt["resume"]} - {None}:
+        used.unlink(missing_ok=True)  # the video exists: the checkpoint has served
     timings = {"load": pipe.load_seconds, **{k: v for k, v in result.timings.items() if k != "total"},
                "write": time.perf_counter() - t0}
     timings["total"] = sum(timings.values())

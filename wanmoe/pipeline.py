@@ -92,16 +92,20 @@ def _timed(timings: dict, name: str, device: torch.device):
 class _StepBar:
     """tqdm bar per denoise step that shows the active expert and the model timestep."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, on_step=None, done: int = 0,
+                 experts: list[str] | None = None) -> None:
         self.bar = None
-        self.experts: list[str] = []
+        self.experts: list[str] = list(experts or [])  # a resumed run starts with the saved ones
+        self.on_step = on_step
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc="denoise", unit="step", file=sys.stderr)
+            self.bar = tqdm(total=total, initial=done, desc="denoise", unit="step", file=sys.stderr)
 
     def __call__(self, i, n, stage, t) -> None:
         self.experts.append(stage.expert)
+        if self.on_step is not None:
+            self.on_step(i + 1, n, stage.expert)  # may raise: that stops the run (cancel)
         if self.bar is not None:
             self.bar.set_postfix_str(f"expert={stage.expert} t={int(t)}", refresh=False)
             self.bar.update(1)
@@ -131,6 +135,8 @@ class WanPipeline:
         self.cache_stats: dict = {}  # what the step cache skipped in the last sample()
         self.cache_log: list = []  # (step, expert, pass, skipped) per forward of that sample()
         self.parallel_groups = None  # wanmoe.parallel.setup.ParallelGroups when runtime.parallel
+        self.cfg_batching = None  # runtime.cfg_batch.CFGBatchDecision of the last sample() (auto)
+        self.lora_tag = ""  # the LoRAs in use, as text (part of a checkpoint's fingerprint)
 
     @property
     def device(self) -> torch.device:
@@ -161,6 +167,7 @@ class WanPipeline:
                              "with lora_mode='runtime' (CLI --lora-mode runtime) to change LoRAs")
         plan = lora_plan(self.preset, both, high, low)
         parsed = {name: parse_loras(self.preset.dit, specs) for name, specs in plan.items()}
+        self.lora_tag = lora_tag(plan)
         for name, model in self.experts.items():
             clear_patches(model)
             if parsed.get(name):
@@ -183,39 +190,59 @@ class WanPipeline:
     @torch.no_grad()
     def sample(self, noise: torch.Tensor, cond: list, uncond: list | None,
                settings: GenerationRequest, *, batched_cfg: bool | None = None,
-               progress: bool = True, cache=None) -> tuple[torch.Tensor, list[str]]:
+               progress: bool = True, cache=None, on_step=None,
+               checkpointing=None) -> tuple[torch.Tensor, list[str]]:
         """Denoise `noise` [C, F, H, W] -> final latents, plus the expert used at every step.
 
         `cache`: a `runtime.cache.CacheSpec` or its text ('mag:0.06'); None = the runtime's.
-        What it skipped is left in `self.cache_stats`.
+        What it skipped is left in `self.cache_stats`. `on_step(done, total, expert)` runs after
+        each step. `checkpointing`: a `sampling.checkpoint.Checkpointing` (save every K steps,
+        resume from a file).
         """
         from .runtime.cache import StepCache, parse_cache
         from .sampling import make_solver
-        from .sampling.guidance import CFGDenoiser
+        from .sampling.guidance import CFGDenoiser, PhasedGuidance
         from .sampling.loop import denoise
 
         schedule = settings.schedule if settings.preset is not None else \
             _schedule_for(self.preset, settings)
         solver = make_solver(settings.solver, settings.steps, settings.shift)
+        start, x, done_experts = 0, noise, []
+        if checkpointing is not None and checkpointing.resume is not None:
+            start, x, done_experts = checkpointing.load(solver, tuple(noise.shape))
+            solver.to(noise.device)
+            x = x.to(noise.device)
         for model in self.experts.values():
             model.set_compute_dtype(self.dtype)
-        self.placement.activate(schedule.select(solver.timesteps[0]).expert)
+        self.placement.activate(schedule.select(solver.timesteps[start]).expert)
         batched = self.runtime.batched_cfg if batched_cfg is None else bool(batched_cfg)
+        if batched is None:  # unset: batch when the memory model says B=2 fits (runtime.cfg_batch)
+            self.cfg_batching = self._decide_batched_cfg(uncond, schedule, settings)
+            batched = self.cfg_batching.batched
         if self.parallel_groups is not None:  # CFG parallel when the plan says so
             from .parallel.setup import make_denoiser
 
             denoiser = make_denoiser(self.experts, cond, uncond, self.parallel_groups, batched)
         else:
             denoiser = CFGDenoiser(self.experts, cond, uncond, batched=batched)
+        self.last_denoiser = denoiser  # its `calls` count the DiT forwards of this sample()
+        if getattr(settings, "cfg_steps", None) is not None:  # phased guidance (--cfg-steps)
+            denoiser = PhasedGuidance(denoiser, settings.cfg_steps, start)
         spec = parse_cache(cache) if cache is not None else self.runtime.cache
         step_cache = None
         if spec is not None and spec.enabled:
             step_cache = StepCache(spec, self.experts, schedule, solver.timesteps, self.preset.name)
             denoiser = step_cache.wrap(denoiser)
-        bar = _StepBar(settings.steps, progress)
+        bar = _StepBar(settings.steps, progress, on_step, start, done_experts)
+        after_step = None
+        if checkpointing is not None and checkpointing.every > 0:
+            def after_step(done, x_now):
+                checkpointing.maybe_save(done, settings.steps, x_now, solver,
+                                         bar.experts + [schedule.select(solver.timesteps[done - 1]).expert])
         self.cache_stats = {}
         try:
-            x = denoise(noise, solver, schedule, denoiser, progress=bar,
+            x = denoise(x, solver, schedule, denoiser, progress=bar, start=start,
+                        after_step=after_step,
                         on_stage_change=lambda prev, new: self.placement.activate(new.expert))
         finally:
             bar.close()
@@ -225,23 +252,70 @@ class WanPipeline:
                 self.cache_log = step_cache.log
         return x, bar.experts
 
+    def _decide_batched_cfg(self, uncond, schedule, settings):
+        from .runtime.cfg_batch import decide_batched_cfg, free_device_bytes
+        from .runtime.memory import tokens_for, weight_format
+
+        has_uncond = uncond is not None and getattr(settings, "cfg_steps", None) != 0 and \
+            any(stage.guidance != 1.0 for stage in schedule.stages)
+        decision = decide_batched_cfg(
+            self.preset, tokens_for(self.preset, settings.width, settings.height, settings.frames),
+            self.dtype, self.device.type, free_device_bytes(self.device),
+            weight_format(self.runtime), self.runtime.per_token_time, has_uncond)
+        if self.device.type == "cuda":
+            print(f"cfg batching: {decision.reason}", file=sys.stderr)
+        return decision
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, tiling=None) -> torch.Tensor:
-        """[C, F, h, w] -> uint8 [T, H, W, 3]; `tiling`: an optional `vae.tiling.TileSpec`."""
+        """[C, F, h, w] -> uint8 [T, H, W, 3]; `tiling`: an optional `vae.tiling.TileSpec`.
+
+        On CUDA without `tiling`, the decode is tiled when the memory model says the untiled one
+        does not fit the free device memory (`runtime.memory.auto_vae_tile`)."""
+        if tiling is None and self.device.type == "cuda":
+            from .runtime.offload import auto_decode_tiling
+
+            tiling = auto_decode_tiling(self.preset, latents.shape, self.device)
         video = self.vae.decode(latents[None].to(self.device, torch.float32),
                                 tiling=tiling)  # [1, 3, T, H, W]
         return frames_to_uint8(video[0])
+
+    def _checkpointing(self, prompt, negative_prompt, settings, cache, path, every, resume):
+        """A `Checkpointing` for this request, or None; refuses what cannot resume exactly."""
+        from .runtime.cache import parse_cache
+        from .sampling.checkpoint import Checkpointing, request_fingerprint
+
+        if not every and resume is None:
+            return None
+        spec = parse_cache(cache) if cache is not None else self.runtime.cache
+        if spec is not None and spec.enabled:
+            raise InputError("checkpoints and resume cannot be combined with a step cache (its "
+                             "state is not saved); use --cache off with --checkpoint-every/--resume")
+        if self.parallel_groups is not None:
+            raise InputError("checkpoints and resume are not supported in multi-process runs yet")
+        cp = Checkpointing(path=path, every=every, resume=resume, seed=settings.seed)
+        neg = default_negative_prompt(self.preset) if negative_prompt is None else negative_prompt
+        cp.fingerprint = request_fingerprint(
+            model=self.preset.name, source=self.source, prompt=prompt, negative_prompt=neg,
+            settings=repr(settings), dtype=self.dtype, loras=self.lora_tag,
+            per_token_time=getattr(self.runtime, "per_token_time", None))
+        return cp
 
     # ---- the whole run ---------------------------------------------------------------------
     def generate(self, prompt: str, negative_prompt: str | None = None, size=None, frames=None,
                  steps=None, shift=None, guide_scale=None, boundary=None, solver="unipc",
                  seed=-1, batched_cfg=None, progress=True, *, boundary_snr=None,
                  settings: GenerationRequest | None = None, vae_tiling=None,
-                 cache=None, decode: bool = True) -> GenerationResult:
+                 cache=None, decode: bool = True, on_step=None, checkpoint=None,
+                 checkpoint_every: int = 0, resume=None, cfg_steps=None) -> GenerationResult:
         """Text -> video. Unset values are the preset's official defaults (spec §1.2).
 
         decode=False skips the VAE (frames is then an empty tensor): the non-zero ranks of a
-        multi-process run, which write nothing."""
+        multi-process run, which write nothing. `on_step(done, total, expert)` is called after
+        each denoise step; an exception raised in it stops the run (cancellation).
+        `checkpoint=PATH, checkpoint_every=K` saves the latents and solver state every K steps;
+        `resume=PATH` continues such a file of the same request and ends with exactly the
+        latents of an uninterrupted run (docs/serve.md)."""
         from .errors import InputError
         from .sampling.noise import initial_noise
 
@@ -253,11 +327,20 @@ class WanPipeline:
         if settings is None:
             settings = self.settings(size=size, frames=frames, steps=steps, shift=shift,
                                      guide_scale=guide_scale, boundary=boundary,
-                                     boundary_snr=boundary_snr, solver=solver, seed=seed)
+                                     boundary_snr=boundary_snr, solver=solver, seed=seed,
+                                     cfg_steps=cfg_steps)
+        elif cfg_steps is not None:  # a prepared request, phased here
+            from dataclasses import replace
+
+            from .validate import check_cfg_steps
+
+            settings = replace(settings, cfg_steps=check_cfg_steps(cfg_steps))
         from .preflight import check_memory
 
         check_memory(self.preset, settings.width, settings.height, settings.frames, self.device,
                      self.dtype, bool(batched_cfg))
+        checkpointing = self._checkpointing(prompt, negative_prompt, settings, cache, checkpoint,
+                                            checkpoint_every, resume)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         timings: dict[str, float] = {}
@@ -266,7 +349,8 @@ class WanPipeline:
         with _timed(timings, "denoise", self.device):
             noise = initial_noise(latent_shape(self.preset, settings), settings.seed, self.device)
             latents, used = self.sample(noise, cond, uncond, settings, batched_cfg=batched_cfg,
-                                        progress=progress, cache=cache)
+                                        progress=progress, cache=cache, on_step=on_step,
+                                        checkpointing=checkpointing)
         with _timed(timings, "vae_decode", self.device):
             video = self.decode(latents, vae_tiling) if decode else \
                 torch.empty(0, 0, 0, 3, dtype=torch.uint8)
@@ -278,6 +362,12 @@ class WanPipeline:
 
 
 # ---- loading ---------------------------------------------------------------------------------
+
+def lora_tag(plan: dict) -> str:
+    """The LoRA plan {expert: [(file, strength), ...]} as stable text (checkpoint fingerprints)."""
+    return ";".join(f"{name}=" + ",".join(f"{Path(str(f)).resolve()}:{float(s)!r}" for f, s in specs)
+                    for name, specs in sorted(plan.items()) if specs)
+
 
 def default_checkpoint() -> Path:
     """The built-in demo model folder, or a clear error when it is not installed."""
@@ -321,7 +411,7 @@ def _load_expert(spec, name: str, rt: RuntimeConfig, device: torch.device, works
     from .loading import open_component
     from .lora.apply import apply_loras
     from .runtime.config import LoRAMode, WeightMode
-    from .runtime.quant.apply import make_installer, quantize_model
+    from .runtime.quant.apply import make_installer, quantize_model, set_fp8_matmul
 
     source, key_map = spec.experts[name], None
     if rt.weights is WeightMode.KEEP:  # scaled-fp8 files stay fp8 (FP8Linear); GGUF stays anyway
@@ -339,6 +429,7 @@ def _load_expert(spec, name: str, rt: RuntimeConfig, device: torch.device, works
     if loras and rt.lora_mode is LoRAMode.RUNTIME:
         apply_loras(model, loras, rt.lora_mode)
     set_attention(model, rt.attention)
+    set_fp8_matmul(model, getattr(rt, "fp8_matmul", "dequant"))
     return model.set_compute_dtype(rt.dtype).set_per_token_time(rt.per_token_time).eval()
 
 
@@ -400,6 +491,7 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
         apply_plan(experts, rt.parallel, pipe.parallel_groups)
     pipe.load_seconds = time.perf_counter() - t0
     pipe.merged_loras = bool(parsed) and rt.lora_mode.value == "merge"  # cannot be undone
+    pipe.lora_tag = lora_tag(loras or {})
     return pipe
 
 

@@ -68,7 +68,7 @@ def plan_row(req: MemoryRequest, vram: int | None, ram: int | None, device: Devi
     """One row: the request as is, or with --t5-cpu / --vae-tile when that is what makes it fit."""
     tries = [(req, [])]
     tries.append((dataclasses.replace(req, text_on_device=False), ["--t5-cpu"]))
-    tile = _tile(req)
+    tile = _tile(req) if vram is None else _decode_tile(req, vram)
     tries.append((dataclasses.replace(req, text_on_device=False, vae_tile=tile),
                   ["--t5-cpu", "--vae-tile", ",".join(map(str, tile))]))
     for r, flags in tries:
@@ -191,6 +191,32 @@ def _cmd_plan(args) -> int:
 
 # ---- pre-flight (the generate command, before any weight is read) -------------------------
 
+def _decode_tile(req: MemoryRequest, vram: int) -> tuple[int, int, int]:
+    """The tile the decode picks by itself on a `vram`-byte card (Pipeline.decode ->
+    runtime.memory.auto_vae_tile), from what stays resident while it decodes; halves when the
+    untiled decode fits anyway."""
+    from .runtime.memory import CUDA_CONTEXT, auto_vae_tile
+
+    pred = predict(dataclasses.replace(req, text_on_device=False, vae_tile=None))
+    other = pred.stages["vae decode"] - pred.parts["vae_decode"]  # resident while decoding
+    return auto_vae_tile(req.preset, req.width, req.height, req.frames,
+                         vram - CUDA_CONTEXT - other) or _tile(req)
+
+
+def _auto_tile(preset, rt, settings, fmt: str, vram: int):
+    """The tile `runtime.memory.auto_vae_tile` picks for the decode stage of this run (None:
+    untiled)."""
+    from .runtime.memory import CUDA_CONTEXT, auto_vae_tile
+
+    req = MemoryRequest(preset, settings.width, settings.height, settings.frames, fmt,
+                        rt.offload.value, rt.resident_blocks, rt.dtype, rt.per_token_time,
+                        rt.batched_cfg, None, rt.text_device is None or rt.text_device.type != "cpu")
+    pred = predict(req)
+    other = pred.stages["vae decode"] - pred.parts["vae_decode"]  # resident while decoding
+    return auto_vae_tile(preset, settings.width, settings.height, settings.frames,
+                         vram - CUDA_CONTEXT - other)
+
+
 def memory_preflight(preset, rt, settings, vram: int, tile=None, expert_files=()) -> None:
     """Refuse (InputError, one line) a run the memory model says cannot fit `vram` bytes.
 
@@ -203,6 +229,8 @@ def memory_preflight(preset, rt, settings, vram: int, tile=None, expert_files=()
     fmt = weight_format(rt, expert_files)
     if fmt is None or rt.offload is OffloadMode.AUTO:
         return
+    if tile is None:  # the decode tiles itself when memory is short (Pipeline.decode)
+        tile = _auto_tile(preset, rt, settings, fmt, vram)
     req = MemoryRequest(preset, settings.width, settings.height, settings.frames, fmt,
                         rt.offload.value, rt.resident_blocks, rt.dtype, rt.per_token_time,
                         rt.batched_cfg, tile, rt.text_device is None or rt.text_device.type != "cpu")

@@ -48,9 +48,13 @@ def parse_offload(value) -> tuple[OffloadMode, int]:
 
 
 def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_device=None,
-                   attention: str = "auto", batched_cfg: bool = False, per_token_time: bool = False,
-                   lora_mode=None, cache="off", text_weights=None) -> RuntimeConfig:
-    """Validate runtime choices once (device present, dtype known, modes from their enums)."""
+                   attention: str = "auto", batched_cfg: bool | None = None, per_token_time: bool = False,
+                   lora_mode=None, cache="off", fp8_matmul: str = "dequant",
+                   text_weights=None) -> RuntimeConfig:
+    """Validate runtime choices once (device present, dtype known, modes from their enums).
+
+    batched_cfg None (default): decided per run from the memory model on CUDA (runtime.cfg_batch),
+    separate passes on CPU."""
     from .runtime.attention import BACKENDS
     from .runtime.cache import parse_cache
     from .runtime.quant.text import check_text_weights
@@ -60,8 +64,12 @@ def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_
     if attention not in BACKENDS:
         raise InputError(f"attention backend {attention!r} is not one of {', '.join(BACKENDS)}")
     for flag, value in (("batched_cfg", batched_cfg), ("per_token_time", per_token_time)):
-        if not isinstance(value, bool):
+        if not isinstance(value, bool) and not (flag == "batched_cfg" and value is None):
             raise InputError(f"{flag} {value!r} must be True or False")
+    from .runtime.quant.linear import FP8_MATMUL
+
+    if fp8_matmul not in FP8_MATMUL:
+        raise InputError(f"fp8 matmul {fp8_matmul!r} is not one of {', '.join(FP8_MATMUL)}")
     offload_mode, resident = parse_offload(offload)
     return RuntimeConfig(
         device=dev, dtype=dt,
@@ -71,7 +79,7 @@ def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_
         text_weights=check_text_weights(text_weights),
         attention=attention, batched_cfg=batched_cfg, per_token_time=per_token_time,
         lora_mode=_choice(LoRAMode, lora_mode, "lora mode", LoRAMode.MERGE),
-        cache=parse_cache(cache))
+        cache=parse_cache(cache), fp8_matmul=fp8_matmul)
 
 
 def parse_lora_arg(text: str, flag: str = "--lora") -> tuple[str, float]:
@@ -95,6 +103,22 @@ def parse_lora_arg(text: str, flag: str = "--lora") -> tuple[str, float]:
     return path, strength
 
 
+def sampling_values(preset=None, *, steps=None, shift=None, guide_scale=None, solver=None) -> dict:
+    """Sampling values with a named preset's (`wanmoe.sampling.PRESETS`, e.g. lightning) filling
+    the ones not given; solver default unipc. The CLI's flags and the server's JSON both go here."""
+    from .sampling import PRESETS
+
+    values = {"steps": steps, "shift": shift, "guide_scale": guide_scale, "solver": solver}
+    if preset is not None:
+        if not isinstance(preset, str) or preset not in PRESETS:
+            raise InputError(f"preset {preset!r} is not one of {', '.join(sorted(PRESETS))}")
+        for key, value in PRESETS[preset].items():
+            if values.get(key) is None:
+                values[key] = value
+    values["solver"] = values["solver"] or "unipc"
+    return values
+
+
 def lora_plan(preset: "ModelPreset", both=(), high=(), low=()) -> dict[str, list[tuple[str, float]]]:
     """LoRAs per expert name: `both` on every expert, `high`/`low` on the two-expert model's
     high- and low-noise expert. Each entry is 'FILE[:STRENGTH]' or a (file, strength) pair."""
@@ -113,5 +137,5 @@ def lora_plan(preset: "ModelPreset", both=(), high=(), low=()) -> dict[str, list
     return {n: specs for n, specs in plan.items() if specs}
 
 
-__all__ = ["lora_plan", "parse_offload", "parse_lora_arg", "GenerationRequest", "RuntimeConfig", "runtime_config", "WeightMode", "OffloadMode",
+__all__ = ["lora_plan", "sampling_values", "parse_offload", "parse_lora_arg", "GenerationRequest", "RuntimeConfig", "runtime_config", "WeightMode", "OffloadMode",
            "LoRAMode"]

@@ -61,6 +61,7 @@ class GenerationRequest:
     solver: str
     seed: int  # never -1: a random seed is drawn at validation
     preset: "ModelPreset | None" = field(default=None, repr=False, compare=False)
+    cfg_steps: int | None = None  # phased guidance: CFG on the first K steps only (None: all)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -128,6 +129,14 @@ def check_steps(steps: int) -> None:
     if steps > MAX_STEPS:
         raise InputError(f"steps {steps} is more than {MAX_STEPS}, the number of timesteps of the "
                          "noise schedule")
+
+
+def check_cfg_steps(cfg_steps) -> int | None:
+    """--cfg-steps K: None (CFG on every step) or a whole number >= 0."""
+    if cfg_steps is not None and (not _is_int(cfg_steps) or cfg_steps < 0):
+        raise InputError(f"cfg steps {cfg_steps!r} must be a whole number >= 0 (the first K steps "
+                         f"use CFG, the rest guidance 1)")
+    return cfg_steps
 
 
 def check_shift(shift: float) -> None:
@@ -252,7 +261,7 @@ def parse_device(device) -> torch.device:
 
 def settings_for(preset: ModelPreset, *, size=None, frames=None, steps=None, shift=None,
                  guide_scale=None, boundary=None, boundary_snr=None, solver="unipc",
-                 seed=-1) -> Settings:
+                 seed=-1, cfg_steps=None) -> Settings:
     """Fill preset defaults into the user's values and check every one (no weights needed)."""
     if size is None:
         width, height = preset.size
@@ -274,6 +283,7 @@ def settings_for(preset: ModelPreset, *, size=None, frames=None, steps=None, shi
     else:
         scales = parse_guide_scale(guide_scale, len(preset.experts))
     b = check_boundary(boundary, boundary_snr, preset)
+    check_cfg_steps(cfg_steps)
     return GenerationRequest(width=width, height=height, frames=frames, steps=steps, shift=shift,
                              guide_scale=scales, boundary=b, solver=check_solver(solver),
-                             seed=resolve_seed(seed), preset=preset)
+                             seed=resolve_seed(seed), preset=preset, cfg_steps=cfg_steps)

@@ -21,22 +21,33 @@ import torch
 
 from wanmoe.configs import T2V_A14B, TI2V_5B
 from wanmoe.models.dit import WanDiT
-from wanmoe.runtime.memory import (MemoryRequest, dit_activation_bytes, expert_bytes, fits,
-                                   gguf_bits_per_weight, predict)
+from wanmoe.models.layers import CHUNK_THRESHOLD
+from wanmoe.runtime.memory import (CUDA_CONTEXT, MemoryRequest, dit_activation_bytes, expert_bytes,
+                                   fits, gguf_bits_per_weight, predict)
 from wanmoe.runtime.memtrace import LiveBytes, flash_like_attention
 
 REPO = Path(__file__).resolve().parents[2]
 SIZES = {"480P": (832, 480), "720P": (1280, 720)}
 
 
-def traced_peak(preset, width, height, frames, dtype, batch=1, per_token_time=False) -> int:
+def traced_peak(preset, width, height, frames, dtype, batch=1, per_token_time=False,
+                chunked=True) -> int:
     # Two blocks: block 0 takes the bf16 patch tokens, every later block the fp32 residual
     # stream (4 bytes a value more held across the call): the second block is the one all 39
-    # later blocks of A14B repeat. The head runs after it.
+    # later blocks of A14B repeat. The head runs after it. chunked=False: the whole-sequence
+    # block (the default from layers.CHUNK_THRESHOLD tokens on is the chunked one).
     cfg = dataclasses.replace(preset.dit, num_layers=2)
-    st, sh, sw = preset.vae.stride
     with torch.device("meta"):
         model = WanDiT(cfg).set_compute_dtype(dtype).set_per_token_time(per_token_time)
+        if not chunked:
+            model.set_activation_chunking(threshold=2**62)
+    return _trace(model, preset, width, height, frames, batch).peak
+
+
+def _trace(model, preset, width, height, frames, batch=1) -> LiveBytes:
+    cfg = model.cfg
+    st, sh, sw = preset.vae.stride
+    with torch.device("meta"):
         for block in model.blocks:
             block.self_attn.attn_fn = block.cross_attn.attn_fn = flash_like_attention
         x = torch.empty(batch, cfg.in_dim, (frames - 1) // st + 1, height // sh, width // sw)
@@ -44,20 +55,31 @@ def traced_peak(preset, width, height, frames, dtype, batch=1, per_token_time=Fa
         ctx = [torch.empty(60, cfg.text_dim) for _ in range(batch)]
     with torch.no_grad(), LiveBytes() as trace:
         model(x, t, ctx)
-    return trace.peak
+    return trace
 
 
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "whole"])
 @pytest.mark.parametrize("size", ["480P", "720P"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_a14b_activation_peak_matches_the_trace(size, dtype):
+def test_a14b_activation_peak_matches_the_trace(size, dtype, chunked):
     w, h = SIZES[size]
     req = MemoryRequest(T2V_A14B, w, h, 81, dtype=dtype)
     assert req.tokens == {"480P": 32760, "720P": 75600}[size]
-    traced = traced_peak(T2V_A14B, w, h, 81, dtype)
-    predicted = dit_activation_bytes(T2V_A14B, req.tokens, 1, dtype)
+    traced = traced_peak(T2V_A14B, w, h, 81, dtype, chunked=chunked)
+    predicted = dit_activation_bytes(T2V_A14B, req.tokens, 1, dtype,
+                                     chunk_threshold=CHUNK_THRESHOLD if chunked else 2**62)
     assert abs(predicted - traced) / traced < 0.10, (predicted, traced)
-    if dtype == torch.bfloat16:  # the issue's measured peaks: 6.4 GB at 480P, 14.8 GB at 720P
-        assert abs(traced / 1e9 - {"480P": 6.4, "720P": 14.8}[size]) < 0.1
+
+
+def test_720p_activation_target():
+    # Issue 12: the DiT activation peak at 720P bf16 (A14B, 81 frames) was 14.8 GB (the traced
+    # and measured peak of the original block); the target is <= 7 GB. Traced now: 5.50 GB
+    # chunked, 12.47 GB for the whole-sequence block (in-place modulated norm, early frees).
+    w, h = SIZES["720P"]
+    chunked = traced_peak(T2V_A14B, w, h, 81, torch.bfloat16)
+    whole = traced_peak(T2V_A14B, w, h, 81, torch.bfloat16, chunked=False)
+    assert chunked <= 7e9, chunked
+    assert whole < 14.8e9 and chunked < 0.5 * whole, (chunked, whole)
 
 
 @pytest.mark.parametrize("case", ["batched_cfg", "per_token_time", "ti2v_fp32"])
@@ -103,6 +125,7 @@ import dataclasses, sys, torch
 torch.set_num_threads(1)
 from wanmoe.configs import T2V_A14B
 from wanmoe.models.dit import WanDiT
+from wanmoe.models.layers import CHUNK_THRESHOLD
 from wanmoe.runtime.memory import dit_activation_bytes
 from wanmoe.runtime.memtrace import flash_like_attention
 cfg = dataclasses.replace(T2V_A14B.dit, dim=512, num_heads=4, ffn_dim=1382, num_layers=2)
@@ -181,3 +204,130 @@ def test_vae_decode_peak_matches_the_trace(preset, size, tile):
         out = vae.decode(z, tiling=None if tile is None else TileSpec(*tile))
     predicted = vae_decode_bytes(preset, w, h, out.shape[2], tile)
     assert abs(predicted - trace.peak) / trace.peak < 0.10, (predicted, trace.peak)
+
+
+# ---- the whole denoise stage: weights + activations + dequantisation, bf16 and Q4_K_M --------
+
+def _tensor_bytes(tensors) -> int:
+    unique = {id(t): t for t in tensors}
+    return sum(t.numel() * t.element_size() for t in unique.values())
+
+
+def denoise_trace(preset, width, height, frames, fmt, dtype=torch.bfloat16):
+    """(non-block bytes, bytes of one block, traced activation + dequantisation peak) of a
+    2-block real-size model on meta: non-block tensors at the storage dtypes, block linears
+    bf16 or GGUF Q4_K_M (Q4_K, with the attention v and ffn.2 at Q6_K: the llama.cpp / city96
+    mix) with a shared `DequantWorkspace`, as `pipeline._load_expert` installs them. The device
+    holds exactly this with `--offload blocks:2`; the resident expert is non-block + 40 blocks."""
+    from wanmoe.runtime.quant.apply import block_linears, install_quantized
+    from wanmoe.runtime.quant.gguf_dequant import GGUFWeight, row_bytes
+    from wanmoe.runtime.quant.linear import DequantWorkspace
+
+    cfg = dataclasses.replace(preset.dit, num_layers=2)
+    with torch.device("meta"):
+        model = WanDiT(cfg).set_compute_dtype(dtype)
+        for name, p in model.named_parameters():
+            p.data = p.data.to(WanDiT.storage_dtype(name, dtype))
+        if fmt == "Q4_K_M":
+            workspace = DequantWorkspace()
+            for name, linear in list(block_linears(model)):
+                qtype = "Q6_K" if name.endswith((".v", "ffn.2")) else "Q4_K"
+                out_f, in_f = linear.weight.shape
+                raw = torch.empty(out_f, row_bytes(qtype, in_f), dtype=torch.uint8)
+                install_quantized(model, name + ".weight", GGUFWeight(raw, qtype, (out_f, in_f)),
+                                  workspace=workspace)
+    block = _tensor_bytes([*model.blocks[0].parameters(), *model.blocks[0].buffers()])
+    non_block = _tensor_bytes([*model.parameters(), *model.buffers()]) - 2 * block
+    return non_block, block, _trace(model, preset, width, height, frames).peak
+
+
+@pytest.mark.parametrize("size", ["480P", "720P"])
+@pytest.mark.parametrize("fmt", ["bf16", "Q4_K_M"])
+def test_denoise_stage_matches_the_trace(fmt, size):
+    # Measured: bf16 0.0 % at both sizes; Q4_K_M +2.2 % (480P) / +1.8 % (720P): the model adds
+    # an fp32 weight-sized dequantisation temporary that the trace's peak (the attention phase,
+    # between linears) does not contain.
+    w, h = SIZES[size]
+    non_block, block, peak = denoise_trace(T2V_A14B, w, h, 81, fmt)
+    layers = T2V_A14B.dit.num_layers
+    for offload, resident in (("none", layers), ("blocks", 2)):
+        parts = predict(MemoryRequest(T2V_A14B, w, h, 81, fmt, offload, 2)).parts
+        predicted = parts["dit_weights_device"] // (2 if offload == "none" else 1) \
+            + parts["dit_activations"] + parts["weight_transient"]  # one expert's forward
+        traced = non_block + resident * block + peak
+        assert abs(predicted - traced) / traced < 0.10, (fmt, size, offload, predicted, traced)
+
+
+def test_issue_goals_on_the_planner_and_the_trace():
+    gib = 2**30
+    # 1. A14B 720P / 81 frames, bf16 weights, block streaming: peak <= 22 GB, fits a 24 GB card.
+    #    The largest stage is the untiled VAE decode (16.8 GB traced, test_vae_decode_...); the
+    #    denoise stage is the traced 2-block model: non-block + 2 blocks + activations.
+    w, h = SIZES["720P"]
+    pred = predict(MemoryRequest(T2V_A14B, w, h, 81, "bf16", "blocks", 2))
+    assert pred.vram_peak <= 22e9 and fits(pred, 24 * gib)[0], (pred.vram_peak, pred.vram_stage)
+    non_block, block, peak = denoise_trace(T2V_A14B, w, h, 81, "bf16")
+    assert non_block + 2 * block + peak <= 22e9
+    # 2. 480P with Q4_K_M: 8 GB of VRAM and 32 GB of RAM (text encoder on the CPU).
+    w, h = SIZES["480P"]
+    pred = predict(MemoryRequest(T2V_A14B, w, h, 81, "Q4_K_M", "blocks", 2, text_on_device=False))
+    ok, reason = fits(pred, 8 * gib, 32 * gib)
+    assert ok, reason
+    non_block, block, peak = denoise_trace(T2V_A14B, w, h, 81, "Q4_K_M")
+    assert non_block + 2 * block + peak + CUDA_CONTEXT <= 8 * gib
+    # 3. fp8 experts in host memory (block streaming packs them in 1 GiB slabs): <= 32 GB.
+    from wanmoe.runtime.memory import streamed_host_bytes
+
+    nb, _ = expert_bytes(T2V_A14B, "fp8")
+    assert len(T2V_A14B.experts) * (nb + streamed_host_bytes(T2V_A14B, "fp8")) <= 32e9
+
+
+# ---- the VAE decode tiles itself when memory is short ----------------------------------------
+
+def test_auto_vae_tile_picks_the_largest_tile_that_fits():
+    from wanmoe.runtime.memory import auto_vae_tile, vae_decode_bytes
+    from wanmoe.runtime.offload import decode_tiling_for
+    from wanmoe.vae.tiling import TileSpec
+
+    w, h = SIZES["720P"]
+    untiled = vae_decode_bytes(T2V_A14B, w, h, 81)  # 16.8 GB working memory + the video
+    assert auto_vae_tile(T2V_A14B, w, h, 81, untiled) is None
+    # the ladder: halves (45x80: 4.87 GB predicted), thirds (30x54: 2.68 GB), quarters (23x40)
+    ladder = [(45, 80, 8), (30, 54, 8), (23, 40, 8)]
+    for available, want in ((untiled - 1, 0), (6e9, 0), (4.8e9, 1), (2.0e9, 2)):
+        tile = auto_vae_tile(T2V_A14B, w, h, 81, int(available))
+        assert tile == ladder[want], (available, tile)
+        assert vae_decode_bytes(T2V_A14B, w, h, 81, tile) <= available
+        assert want == 0 or vae_decode_bytes(T2V_A14B, w, h, 81, ladder[want - 1]) > available
+    # nothing fits (the 81-frame video alone is 0.9 GB): the smallest tile of the ladder
+    assert auto_vae_tile(T2V_A14B, w, h, 81, 10**8) == ladder[-1]
+    # latents [C, F, h, w] -> a TileSpec the decoder takes
+    assert decode_tiling_for(T2V_A14B, (16, 21, 90, 160), int(6e9)) == TileSpec(45, 80, 8)
+    assert decode_tiling_for(T2V_A14B, (16, 21, 90, 160), 10**12) is None
+
+
+def test_preflight_counts_on_the_automatic_decode_tiling():
+    from wanmoe.plan import memory_preflight
+    from wanmoe.request import runtime_config
+    from wanmoe.validate import settings_for
+
+    # 720P bf16 with block streaming and the T5 on the CPU on a 16 GiB card: the denoise stage
+    # fits (non-block + 2 blocks + 5.5 GB of activations = 8.3 GB), the untiled decode (16.8 GB +
+    # VAE weights + context) does not; the decode tiles itself, so the run is not refused.
+    settings = settings_for(T2V_A14B, size="1280*720", seed=0)
+    rt = runtime_config("cpu", "bf16", offload="blocks:2", text_device="cpu")
+    untiled = predict(MemoryRequest(T2V_A14B, 1280, 720, 81, "bf16", "blocks", 2,
+                                    text_on_device=False))
+    assert untiled.vram_stage == "vae decode" and not fits(untiled, 16 * 2**30)[0]
+    memory_preflight(T2V_A14B, rt, settings, 16 * 2**30)  # no InputError
+
+
+def test_planner_shows_the_tile_the_decode_picks():
+    from wanmoe.plan import plan_row
+
+    # 720P Q4_K_M blocks:2 on a 12 GiB card: the untiled decode (16.8 GB) does not fit, the
+    # denoise stage does; the row fits with the T5 on the CPU and the decode's own tile
+    # (halves: 4.9 GB), the same one Pipeline.decode would pick on that card.
+    req = MemoryRequest(T2V_A14B, 1280, 720, 81, "Q4_K_M", "blocks", 2)
+    row = plan_row(req, 12 * 2**30, None, None, 40)
+    assert row["fits"] and row["flags"] == "--t5-cpu --vae-tile 45,80,8", row

@@ -1,5 +1,8 @@
 """`wanmoe inspect PATH [PATH2] [--estimate] [--json]`: what a checkpoint is, from headers only.
 
+A LoRA file (most tensor names are LoRA names) is described by `wanmoe.lora.describe` instead:
+layout, rank(s), alpha(s), targets per module kind, naming, blocks and model width.
+
 `detect(path)` describes any file or folder: weight files through the detection rules
 (`detect.detect_file`), whole-model folders (official A14B / TI2V-5B, diffusers, wanmoe-native)
 through `checkpoint.resolve_checkpoint`, which checks and names every part.
@@ -145,7 +148,20 @@ def estimate_text(path, path2=None) -> str:
     return _estimate(_detect_all(path, path2))
 
 
+def _run_lora(args) -> int:
+    """A LoRA file: layout, ranks, alphas, targets (`wanmoe.lora.describe`, header + alphas only)."""
+    from wanmoe.lora.describe import describe_lora, describe_text
+
+    info = describe_lora(args.path)
+    print(json.dumps(info, indent=2, default=str) if args.json else describe_text(info))
+    return 0
+
+
 def _run(args) -> int:
+    from wanmoe.lora.describe import is_lora_file
+
+    if args.path2 is None and is_lora_file(args.path):
+        return _run_lora(args)
     dets = _detect_all(args.path, args.path2)  # once, whatever is printed
     if args.json:
         out = _report(dets, args.path, args.path2)

@@ -7,6 +7,7 @@ safetensors header.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections import Counter
 from pathlib import Path
@@ -102,7 +103,99 @@ def describe_lora(path_or_state) -> dict:
         "dtypes": sorted({shapes[k.key][0] for k in keys if k.role != "alpha"}),
         "tensors": len(shapes),
         "unrecognised": len(shapes) - len(keys),
+        "naming": _naming(keys),
+        "blocks": sorted({int(m.group(1)) for m in (_BLOCK_RE.search(k.module) for k in keys) if m}),
+        "dim": _dim(keys, shapes),
+        "expert": _expert_hint(source),
     }
+
+
+_BLOCK_RE = re.compile(r"blocks[._](\d+)[._]")
+MODEL_DIMS = {5120: "Wan2.2 T2V-A14B (dim 5120)", 3072: "Wan2.2 TI2V-5B (dim 3072)"}
+
+
+def _naming(keys) -> str:
+    """'official' or 'diffusers': which module names the keys use (matched against the A14B
+    layout, both spellings, dotted and underscored, through the loader's own index)."""
+    from wanmoe.configs import A14B_DIT
+    from wanmoe.lora.formats import ModuleIndex, _choose_naming
+    from wanmoe.runtime.quant.estimate import dit_entries
+
+    cfg = A14B_DIT
+    dims = {"dim": cfg.dim, "ffn_dim": cfg.ffn_dim, "num_layers": cfg.num_layers, "in_dim": cfg.in_dim,
+            "out_dim": cfg.out_dim, "patch_size": cfg.patch_size, "text_dim": cfg.text_dim,
+            "freq_dim": cfg.freq_dim}
+    return _choose_naming(list(keys), ModuleIndex(name for name, _ in dit_entries(dims)))
+
+
+def _dim(keys, shapes) -> int | None:
+    """The DiT width the LoRA was made for: the most common input width of its `down` factors
+    (q, k, v, o and ffn.0 all read `dim`), None when it has no pairs."""
+    widths = Counter(shapes[k.key][1][-1] for k in keys if k.role == "down" and len(shapes[k.key][1]) == 2)
+    return widths.most_common(1)[0][0] if widths else None
+
+
+def _expert_hint(source: str) -> str | None:
+    """'high_noise' / 'low_noise' when the file name (or a parent folder) says so, else None."""
+    if source.startswith("<"):
+        return None
+    from wanmoe.loading.detect import path_role
+
+    return path_role(source)
+
+
+def is_lora_file(path) -> bool:
+    """True when most tensor names of a safetensors file are LoRA names (header only)."""
+    p = Path(path)
+    if p.suffix != ".safetensors" or not p.is_file():
+        return False
+    try:
+        names = [k for k in _header(p) if k != "__metadata__"]
+    except CheckpointError:
+        return False
+    hits = sum(split_key(n) is not None for n in names)
+    return bool(names) and hits * 2 >= len(names)
+
+
+def _span(blocks: list[int]) -> str:
+    if not blocks:
+        return "none"
+    if blocks == list(range(blocks[0], blocks[-1] + 1)):
+        return f"{blocks[0]}-{blocks[-1]} ({len(blocks)})"
+    return f"{', '.join(map(str, blocks))} ({len(blocks)})"
+
+
+def describe_text(info: dict) -> str:
+    """The `wanmoe inspect` report of `describe_lora(...)`'s dict."""
+    alphas = ", ".join(f"{a:g}" for a in info["alphas"]) if info["alphas"] else "none (alpha = rank, scale 1)"
+    kinds = ", ".join(f"{k} {n}" for k, n in info["kinds"].items())
+    dim = info.get("dim")
+    model = MODEL_DIMS.get(dim, f"unknown (dim {dim})" if dim else "unknown (no low-rank pairs)")
+    expert = info.get("expert")
+    lines = [
+        info["path"],
+        "  format:    LoRA",
+        f"  layout:    {info['layout']} (prefix {info['prefix']!r}"
+        + (f", {' + '.join(info['pair_keys'])}" if info["pair_keys"] else "") + ")",
+        f"  names:     {info.get('naming', '?')} module names",
+        f"  rank:      {', '.join(map(str, info['ranks'])) or 'none (full deltas only)'}",
+        f"  alpha:     {alphas}",
+        f"  targets:   {info['targets']} layers: {kinds}",
+        f"  blocks:    {_span(info.get('blocks', []))}",
+        f"  model:     {model}",
+        "  expert:    " + (f"{expert} (from the file name; apply with --lora-{expert.split('_')[0]})"
+                          if expert else "not named in the file name (--lora applies it to every "
+                                         "expert; --lora-high / --lora-low to one)"),
+        f"  dtypes:    {', '.join(info['dtypes'])}",
+        f"  tensors:   {info['tensors']}" + (f" ({info['unrecognised']} not LoRA tensors)"
+                                              if info["unrecognised"] else ""),
+    ]
+    if info["extras"]:
+        lines.append("  deltas:    " + ", ".join(f"{k} x{n}" for k, n in info["extras"].items()))
+    if info["image_keys"]:
+        lines.append(f"  note:      {info['image_keys']} Wan2.1 image tensors (k_img/v_img/img_emb): "
+                     f"skipped on Wan2.2 T2V")
+    return "\n".join(lines)
 
 
 def _pair_style(key: str) -> str:

@@ -21,8 +21,9 @@ from torch import nn
 
 from wanmoe.configs import DiTConfig
 from wanmoe.errors import InputError
-from wanmoe.models.layers import (CastConv3d, CastLinear, TanhGELU, WanLayerNorm, WanRMSNorm,
-                                  sinusoidal_embedding, xavier_uniform_)
+from wanmoe.models.layers import (CHUNK_THRESHOLD, CHUNK_TOKENS, CastConv3d, CastLinear, TanhGELU,
+                                  WanLayerNorm, WanRMSNorm, inference_only, modulated_norm,
+                                  sinusoidal_embedding, token_spans, xavier_uniform_)
 from wanmoe.models.attention import attention_sdpa
 from wanmoe.models.rope import rope_apply, rope_table
 
@@ -100,6 +101,17 @@ class WanAttention(nn.Module):
         y = self.attn_fn(q.to(lowp), k.to(lowp), v.to(lowp), k_lens)  # [B, L, N, hd]
         return self.o(y.flatten(2))
 
+    # The pieces of `forward` for the sequence-chunked block (same ops, a slice of tokens at a
+    # time): queries and keys/values in the compute dtype, ready for `attn_fn`.
+    def queries(self, xl: torch.Tensor, lowp, rope=None) -> torch.Tensor:
+        q = self._heads(self.norm_q(self.q(xl)))
+        return (q if rope is None else rope_apply(q, rope)).to(lowp)
+
+    def keys_values(self, kvl: torch.Tensor, lowp, rope=None) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self._heads(self.norm_k(self.k(kvl)))
+        k = k if rope is None else rope_apply(k, rope)
+        return k.to(lowp), self._heads(self.v(kvl)).to(lowp)
+
 
 class WanBlock(nn.Module):
     """One DiT block: modulated self-attn, affine-norm cross-attn, modulated FFN (spec §2.5)."""
@@ -115,16 +127,74 @@ class WanBlock(nn.Module):
         self.ffn = nn.Sequential(CastLinear(d, cfg.ffn_dim), TanhGELU(), CastLinear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
+    # Sequence chunking (layers.CHUNK_THRESHOLD): set per model with WanDiT.set_activation_chunking.
+    chunk_threshold = CHUNK_THRESHOLD
+    chunk_tokens = CHUNK_TOKENS
+
     def forward(self, x, e0, context, rope, k_lens, lowp):
         """x [B, L, d] (bf16 before block 0's first add, fp32 after); e0 [B, L or 1, 6, d] fp32."""
+        if x.shape[1] >= self.chunk_threshold and inference_only():
+            return self.forward_chunked(x, e0, context, rope, k_lens, lowp)
         m = (self.modulation.float().unsqueeze(0) + e0).unbind(2)  # 6 x [B, L|1, d] fp32
-        h = self.norm1(x).float() * (1 + m[1]) + m[0]
+        h = modulated_norm(self.norm1, x, m[1], m[0])
         y = self.self_attn(h, h, lowp, rope, k_lens)
+        del h
         x = x + y * m[2]  # fp32 from here on (y promoted, as in the official fp32 region)
-        x = x + self.cross_attn(self.norm3(x), context, lowp)
-        h = self.norm2(x).float() * (1 + m[4]) + m[3]
+        del y
+        x = _add(x, self.cross_attn(self.norm3(x), context, lowp))
+        h = modulated_norm(self.norm2, x, m[4], m[3])
         y = self.ffn(h.to(lowp))
-        return x + y * m[5]
+        del h
+        return _add(x, y * m[5])
+
+    def forward_chunked(self, x, e0, context, rope, k_lens, lowp):
+        """`forward` with every per-token op run `chunk_tokens` tokens at a time (inference).
+
+        Sequence-sized tensors alive at once: the input x, q/k/v and the attention output (compute
+        dtype), then x and the fp32 output, which the cross-attention and FFN update in place
+        chunk by chunk (both are per token). Values equal `forward`'s up to the float rounding
+        of GEMMs run on fewer rows (tests/unit/test_activation_chunking.py).
+        """
+        b, n, d = x.shape
+        spans = token_spans(n, self.chunk_tokens)
+        base = self.modulation.float().unsqueeze(0)
+        per_sample = (base + e0).unbind(2) if e0.shape[1] == 1 else None
+
+        def mod(i, j):  # the six modulation rows of tokens i:j (shared per sample when e0 is)
+            return per_sample if per_sample is not None else (base + e0[:, i:j]).unbind(2)
+
+        sa, ca = self.self_attn, self.cross_attn
+        q, k, v = (torch.empty(b, n, sa.num_heads, d // sa.num_heads, dtype=lowp, device=x.device)
+                   for _ in range(3))
+        for i, j in spans:
+            m = mod(i, j)
+            hl = modulated_norm(self.norm1, x[:, i:j], m[1], m[0]).to(lowp)
+            rows = None if rope is None else rope[i:j]
+            q[:, i:j] = sa.queries(hl, lowp, rows)
+            k[:, i:j], v[:, i:j] = sa.keys_values(hl, lowp, rows)
+            del hl, m  # the chunk's modulation rows (per-token time: [B, c, 6, d] fp32)
+        y = sa.attn_fn(q, k, v, k_lens)  # [B, L, N, hd]
+        del q, k, v
+        out = torch.empty(b, n, d, dtype=torch.float32, device=x.device)
+        for i, j in spans:
+            out[:, i:j] = x[:, i:j] + sa.o(y[:, i:j].flatten(2)) * mod(i, j)[2]
+        del y
+        ck, cv = ca.keys_values(context.to(lowp), lowp)
+        for i, j in spans:
+            xc = out[:, i:j]
+            qc = ca.queries(self.norm3(xc).to(lowp), lowp)
+            xc.add_(ca.o(ca.attn_fn(qc, ck, cv, None).flatten(2)))
+            del qc
+            m = mod(i, j)
+            h = modulated_norm(self.norm2, xc, m[4], m[3])
+            xc.add_(self.ffn(h.to(lowp)) * m[5])
+            del h
+        return out
+
+
+def _add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + y, into x when no autograd graph is recorded (x is then a tensor the block made)."""
+    return x.add_(y) if inference_only() else x + y
 
 
 class WanHead(nn.Module):
@@ -136,10 +206,21 @@ class WanHead(nn.Module):
         self.head = CastLinear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
+    chunk_threshold = CHUNK_THRESHOLD
+    chunk_tokens = CHUNK_TOKENS
+
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """x [B, L, d], e [B, L|1, d] fp32 -> [B, L, prod(patch) * C_out] fp32."""
-        m = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(2)
-        return self.head(self.norm(x.float()) * (1 + m[1]) + m[0])
+        base = self.modulation.float().unsqueeze(0)
+        n = x.shape[1]
+        if n < self.chunk_threshold or not inference_only():
+            m = (base + e.unsqueeze(2)).unbind(2)
+            return self.head(modulated_norm(self.norm, x.float(), m[1], m[0]))
+        out = []
+        for i, j in token_spans(n, self.chunk_tokens):
+            m = (base + (e if e.shape[1] == 1 else e[:, i:j]).unsqueeze(2)).unbind(2)
+            out.append(self.head(modulated_norm(self.norm, x[:, i:j].float(), m[1], m[0])))
+        return torch.cat(out, dim=1)
 
 
 class WanDiT(nn.Module):
@@ -173,6 +254,15 @@ class WanDiT(nn.Module):
         if dtype not in COMPUTE_DTYPES:
             raise InputError(f"DiT compute dtype {dtype} is not supported; use torch.float32 or torch.bfloat16")
         self.compute_dtype = dtype
+        return self
+
+    def set_activation_chunking(self, threshold: int = CHUNK_THRESHOLD, tokens: int = CHUNK_TOKENS) -> WanDiT:
+        """Run per-token work in chunks of `tokens` tokens from `threshold` tokens per sample on
+        (inference only; layers.CHUNK_THRESHOLD). A huge threshold turns chunking off."""
+        if threshold < 1 or tokens < 1:
+            raise InputError(f"activation chunking needs threshold >= 1 and tokens >= 1, got {threshold}, {tokens}")
+        for mod in [*self.blocks, self.head]:
+            mod.chunk_threshold, mod.chunk_tokens = int(threshold), int(tokens)
         return self
 
     def set_per_token_time(self, enabled: bool) -> WanDiT:

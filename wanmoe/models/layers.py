@@ -16,6 +16,35 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# Sequence chunking of the per-token work (norms, modulation, projections, FFN, head) in the DiT:
+# from CHUNK_THRESHOLD tokens per sample on, those run CHUNK_TOKENS tokens at a time, so their
+# temporaries are chunk-sized instead of sequence-sized (docs/memory.md). Below the threshold
+# (every tiny test model) the unchunked code runs: bit-identical to the reference numerics.
+CHUNK_THRESHOLD = 8192
+CHUNK_TOKENS = 4096
+
+
+def token_spans(n: int, size: int) -> list[tuple[int, int]]:
+    """[(start, end), ...] covering range(n) in steps of `size`."""
+    return [(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def inference_only() -> bool:
+    """True when no autograd graph is recorded: in-place updates and chunking are then safe."""
+    return not torch.is_grad_enabled()
+
+
+def modulated_norm(norm: nn.Module, x: torch.Tensor, scale: torch.Tensor,
+                   shift: torch.Tensor) -> torch.Tensor:
+    """`norm(x).float() * (1 + scale) + shift` (the DiT's modulated LayerNorm), updating the
+    norm's fresh output in place when no autograd graph is recorded: the same ops in the same
+    order, so the same bits, with one sequence-sized fp32 temporary instead of three."""
+    h = norm(x).float()
+    if not inference_only():
+        return h * (1 + scale) + shift
+    return h.mul_(1 + scale).add_(shift)
+
+
 class CastLinear(nn.Linear):
     """nn.Linear that casts its weight and bias to the input's dtype (autocast-style)."""
 

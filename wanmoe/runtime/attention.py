@@ -3,7 +3,10 @@
 Contract of every backend: see `wanmoe.models.attention` (q [B, Lq, N, hd], k/v [B, Lk, N, hd],
 key lengths k_lens, output in q's dtype). Backends: "reference" (explicit fp32 softmax),
 "sdpa" (torch scaled_dot_product_attention, the model's default), "flash" (flash-attn 3/2
-varlen API, CUDA + fp16/bf16 only), "auto" (flash when usable for the call, else sdpa).
+varlen API, CUDA + fp16/bf16 only), the kernels of `runtime.attention_tune.REGISTRY` by name
+(fa3, fa2, cudnn, sdpa-flash, sdpa-efficient, sage), and "auto": on CUDA the fastest accurate
+kernel measured once per shape (`attention_tune.AttentionAutotuner`, SageAttention only with
+"auto+sage"); on CPU exactly "sdpa".
 
 `set_attention(model, name)` installs a backend on every module of `model` that has an
 `attn_fn` hook (the DiT's self- and cross-attention); `attention(q, k, v, k_lens, backend)` calls
@@ -24,7 +27,9 @@ from torch import nn
 from wanmoe.errors import InputError
 from wanmoe.models.attention import attention_reference, attention_sdpa, lens_list
 
-BACKENDS = ("auto", "reference", "sdpa", "flash")
+from wanmoe.runtime.attention_tune import AUTO, AUTO_SAGE, REGISTRY, named_backend
+
+BACKENDS = ("auto", "auto+sage", "reference", "sdpa", "flash") + tuple(n for n in REGISTRY if n != "sdpa")
 
 
 def _check_name(name: str) -> str:
@@ -70,15 +75,11 @@ def attention_flash(q, k, v, k_lens=None):
     return out.reshape(b, lq, n, hd).to(q.dtype)
 
 
-def attention_auto(q, k, v, k_lens=None):
-    """flash-attn when it can run this call (CUDA, fp16/bf16, installed), else torch SDPA."""
-    if flash_available(q):
-        return attention_flash(q, k, v, k_lens)
-    return attention_sdpa(q, k, v, k_lens)
+attention_auto = AUTO  # the measured choice on CUDA, `attention_sdpa` on CPU
 
-
-_FUNCTIONS = {"auto": attention_auto, "reference": attention_reference, "sdpa": attention_sdpa,
-              "flash": attention_flash}
+_FUNCTIONS = {"auto": AUTO, "auto+sage": AUTO_SAGE, "reference": attention_reference,
+              "sdpa": attention_sdpa, "flash": attention_flash,
+              **{n: named_backend(n) for n in REGISTRY if n != "sdpa"}}
 
 
 def backend_function(name: str):

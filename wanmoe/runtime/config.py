@@ -61,9 +61,10 @@ class RuntimeConfig:
     text_device: torch.device | None = None  # None: the device
     text_weights: str | None = None  # umT5 block linears: None = as stored, "fp8" / "int8" (--text-weights)
     attention: str = "auto"  # a wanmoe.runtime.attention backend name
-    batched_cfg: bool = False  # conditional + unconditional passes as one batch of 2
+    batched_cfg: bool | None = False  # cond + uncond as one batch of 2; None: when memory allows (runtime.cfg_batch)
     per_token_time: bool = False  # the official per-token time embedding (WanDiT.set_per_token_time)
     lora_mode: LoRAMode = LoRAMode.MERGE
+    fp8_matmul: str = "dequant"  # fp8 layers: dequant | scaled | auto (runtime.quant.linear.fp8_path)
     compile: bool = False  # reserved: torch.compile per block (not built yet)
     cache: object | None = None  # a runtime.cache.CacheSpec; None = off
     parallel: object | None = None  # a wanmoe.parallel.plan.ParallelPlan (None: one process)

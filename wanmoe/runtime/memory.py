@@ -4,14 +4,18 @@ Everything is computed from the model's dims (no checkpoint, no allocation). The
 its evidence are in docs/memory.md; in short, with u = B * L * d bytes-per-element units
 (B batch, L tokens, d hidden size, w = 2 for a bf16 run, 4 for fp32, r = ffn_dim / d):
 
-* DiT activations: the largest of three phases of a block (read off the block's forward and
-  checked against a live-byte trace of the real-size block, `runtime.memtrace`):
-    self-attention   24 u + 24 B c d      (c = RoPE chunk: float64 / complex128 temporaries)
-    cross-attention  32 u (bf16) | 28 u + 8 B T d (fp32)      (T = text_len)
-    FFN              12 u + 2 w r u
+* DiT activations: the largest phase of a block (read off the block's forward and checked
+  against a live-byte trace of the real-size block, `runtime.memtrace`). From CHUNK_THRESHOLD
+  tokens on the block runs chunked (`WanBlock.forward_chunked`, chunks of c tokens, bcd = B c d):
+    q/k/v projections   3 w u + (w + 24) bcd        attention   4 w u
+    o projection        (4 + w) u + 12 bcd
+  below it (or with chunking off) the whole sequence at once:
+    self-attention   24 u + 16 B c d      (c = RoPE chunk: float64 / complex128 temporaries)
+    cross-attention  26 u (bf16) | 20 u + 8 B T d (fp32)      (T = text_len)
+    FFN              (8 + w [bf16] + 2 w r) u
   plus what the forward holds across blocks: the patch tokens (w u) and the block input (4 u),
   the RoPE table (L * hd * 8), the text context (B T d w), and with per-token time the fp32
-  e / e0 tensors and the block's modulation sum (52 u).
+  e / e0 tensors (28 u; whole-sequence also the block's modulation sum, 24 u).
 * Weights: per format, the block linears at their storage type (GGUF: bits per weight from the
   block sizes of `quant.gguf_dequant.QUANT_SIZES`), everything else at `WanDiT.storage_dtype`.
 * Stages run one after another; the peak is the largest of load, text encode, denoise, decode.
@@ -25,6 +29,7 @@ from functools import lru_cache
 import torch
 
 from wanmoe.configs import ModelPreset
+from wanmoe.models.layers import CHUNK_THRESHOLD, CHUNK_TOKENS
 from wanmoe.runtime.quant.estimate import dit_entries, tensor_bytes, tensor_types
 
 WEIGHT_FORMATS = ("bf16", "fp8", "int8", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M")
@@ -71,6 +76,7 @@ class MemoryPrediction:
     vram_stage: str
     ram_stage: str
     parts: dict[str, int] = field(default_factory=dict)
+    stages: dict[str, int] = field(default_factory=dict)  # device bytes of every stage
 
 
 # ---- weights -------------------------------------------------------------------------------
@@ -171,17 +177,34 @@ def vae_bytes(preset: ModelPreset) -> int:
 # ---- activations ---------------------------------------------------------------------------
 
 def dit_activation_bytes(preset: ModelPreset, tokens: int, batch: int = 1,
-                         dtype: torch.dtype = torch.bfloat16, per_token_time: bool = False) -> int:
-    """Peak bytes of one DiT forward's activations (weights excluded), see the module docstring."""
+                         dtype: torch.dtype = torch.bfloat16, per_token_time: bool = False,
+                         chunk_threshold: int = CHUNK_THRESHOLD, chunk_tokens: int = CHUNK_TOKENS) -> int:
+    """Peak bytes of one DiT forward's activations (weights excluded), see the module docstring.
+
+    From `chunk_threshold` tokens on the blocks run their per-token work in chunks of
+    `chunk_tokens` tokens (`WanBlock.forward_chunked`); below it the whole sequence at once.
+    """
     cfg = preset.dit
     d, t_len, w = cfg.dim, cfg.text_len, dtype.itemsize
     u = batch * tokens * d
     r = cfg.ffn_dim / d
-    self_attn = 24 * u + 24 * batch * min(ROPE_CHUNK, tokens) * d
-    cross = 32 * u if w == 2 else 28 * u + 8 * batch * t_len * d
-    ffn = 12 * u + 2 * w * r * u
-    held = w * u + 4 * u + (52 * u if per_token_time else 0)
-    small = tokens * (d // cfg.num_heads) * 8 + batch * t_len * d * w
+    held = w * u + 4 * u  # the patch tokens (held by the forward) and the block's input
+    small = tokens * (d // cfg.num_heads) * 8 + batch * t_len * d * w  # RoPE table, text context
+    if tokens >= chunk_threshold:
+        bcd = batch * min(chunk_tokens, tokens) * d  # one chunk's [B, c, d] in bytes-per-element
+        projections = 3 * w * u + (w + 24 + (24 if per_token_time else 0)) * bcd  # q/k/v + chunk
+        attention = 4 * w * u  # q, k, v and the attention output
+        update = (4 + w) * u + 12 * bcd  # attention output + the fp32 block output
+        act = max(projections, attention, update)
+        if per_token_time:
+            held += 28 * u  # e [B, L, d] and e0 [B, L, 6, d] in fp32
+        return int(act + held + small)
+    c = min(ROPE_CHUNK, tokens)
+    self_attn = 24 * u + 16 * batch * c * d
+    cross = 26 * u if w == 2 else 20 * u + 8 * batch * t_len * d
+    ffn = (8 + (w if w == 2 else 0) + 2 * w * r) * u
+    if per_token_time:
+        held += 52 * u  # e, e0 and the block's modulation sum [B, L, 6, d] in fp32
     return int(max(self_attn, cross, ffn) + held + small)
 
 
@@ -211,6 +234,30 @@ def vae_decode_bytes(preset: ModelPreset, width: int, height: int, frames: int,
         _, sh, sw = preset.vae.stride
         area = min(area, tile[0] * sh * tile[1] * sw)
     return per_px * area + 3 * frames * width * height * 4
+
+
+VAE_TILE_OVERLAP = 8  # latent pixels shared by neighbouring tiles (the --vae-tile default)
+
+
+def auto_vae_tile(preset: ModelPreset, width: int, height: int, frames: int,
+                  available: int) -> tuple[int, int, int] | None:
+    """The decode's tiling when memory is short: None when the untiled decode fits `available`
+    bytes, else the largest latent tile (h, w, overlap) of the halving ladder (1/2, 1/3, 1/4,
+    ... of the latent height and width) whose predicted working memory fits; the smallest tried
+    (h, w >= 2 overlap + 4) when none does (the output video alone may not fit)."""
+    if vae_decode_bytes(preset, width, height, frames) <= available:
+        return None
+    _, sh, sw = preset.vae.stride
+    lh, lw = height // sh, width // sw
+    tile = None
+    for parts in range(2, max(lh, lw) + 1):
+        th, tw = -(-lh // parts), -(-lw // parts)
+        if min(th, tw) < 2 * VAE_TILE_OVERLAP + 4:
+            break
+        tile = (th, tw, VAE_TILE_OVERLAP)
+        if vae_decode_bytes(preset, width, height, frames, tile) <= available:
+            return tile
+    return tile or (lh, lw, 0)
 
 
 # ---- the whole run -------------------------------------------------------------------------
@@ -253,7 +300,7 @@ def predict(req: MemoryRequest) -> MemoryPrediction:
     parts = {"dit_weights_device": dit_run, "dit_activations": act, "weight_transient": transient,
              "text_encoder": t5, "vae_weights": vae, "vae_decode": decode, "expert": expert,
              "expert_block": block, "expert_non_block": non_block}
-    return MemoryPrediction(stages[vstage], ram[rstage], vstage, rstage, parts)
+    return MemoryPrediction(stages[vstage], ram[rstage], vstage, rstage, parts, stages)
 
 
 def fits(pred: MemoryPrediction, vram: int, ram: int | None = None) -> tuple[bool, str]:
@@ -298,5 +345,5 @@ def tokens_for(preset: ModelPreset, width: int, height: int, frames: int) -> int
     return MemoryRequest(preset, width, height, frames).tokens
 
 
-__all__ = ["weight_format", "auto_offload", "MemoryRequest", "MemoryPrediction", "predict", "fits", "dit_activation_bytes",
+__all__ = ["auto_vae_tile", "weight_format", "auto_offload", "MemoryRequest", "MemoryPrediction", "predict", "fits", "dit_activation_bytes",
            "expert_bytes", "gguf_bits_per_weight", "WEIGHT_FORMATS", "OFFLOAD_MODES"]

@@ -104,3 +104,23 @@ def resolve_offload(rt, preset: ModelPreset, expert_files=()) -> tuple[bool, int
 def streamed_blocks(rt) -> int | None:
     """Resident block count when `rt` (a RuntimeConfig) streams blocks, else None."""
     return rt.resident_blocks if rt.offload is OffloadMode.BLOCKS else None
+
+
+def decode_tiling_for(preset: ModelPreset, latent_shape, available: int):
+    """`vae.tiling.TileSpec` for decoding latents [C, F, h, w] in `available` device bytes, or
+    None when the untiled decode fits (runtime.memory.auto_vae_tile)."""
+    from wanmoe.runtime.memory import auto_vae_tile
+    from wanmoe.vae.tiling import TileSpec
+
+    st, sh, sw = preset.vae.stride
+    _, f, h, w = latent_shape
+    tile = auto_vae_tile(preset, w * sw, h * sh, (f - 1) * st + 1, available)
+    return None if tile is None else TileSpec(*tile)
+
+
+def auto_decode_tiling(preset: ModelPreset, latent_shape, device: torch.device):
+    """`decode_tiling_for` the device's free memory now: what the driver has free plus what the
+    caching allocator holds unused (a CUDA device)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return decode_tiling_for(preset, latent_shape, free + cached)

@@ -16,6 +16,8 @@ class FlowSolver:
     """
 
     name = "base"
+    # attributes beyond `step_index` that carry the multistep history (saved by checkpoints)
+    STATE_FIELDS: tuple[str, ...] = ()
 
     def __init__(self, steps: int, shift: float, num_train_timesteps: int = 1000) -> None:
         timesteps, sigmas = self.grid(steps, shift, num_train_timesteps)  # validates steps / shift
@@ -57,6 +59,42 @@ class FlowSolver:
     def x0_prediction(self, v: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
         """m_i = x_i - σ_i·v_i (spec §4.1), float32."""
         return x - self.sigmas[i] * v
+
+    # ---- checkpoint state (sampling/checkpoint.py) -------------------------------------------
+    def state_dict(self) -> dict:
+        """The mutable state after the last step: step index + STATE_FIELDS (tensors cloned)."""
+        def copy(v):
+            if isinstance(v, torch.Tensor):
+                return v.detach().cpu().clone()
+            if isinstance(v, list):
+                return [copy(e) for e in v]
+            return v
+
+        state = {"step_index": self.step_index}
+        state.update({k: copy(getattr(self, k)) for k in self.STATE_FIELDS})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`; tensors go to the device the saved sample will be moved to."""
+        expected = {"step_index", *self.STATE_FIELDS}
+        if not isinstance(state, dict) or set(state) != expected:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise InputError(f"{self.name} solver state has fields {got}; expected {sorted(expected)}")
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    def to(self, device) -> "FlowSolver":
+        """Move the tensors of the history to `device` (after load_state_dict)."""
+        def move(v):
+            if isinstance(v, torch.Tensor):
+                return v.to(device)
+            if isinstance(v, list):
+                return [move(e) for e in v]
+            return v
+
+        for k in self.STATE_FIELDS:
+            setattr(self, k, move(getattr(self, k)))
+        return self
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(steps={self.num_steps}, shift={self.shift})"

@@ -18,6 +18,7 @@ class FlowDPMPP(FlowSolver):
     """DPM-Solver++ multistep, order 2, midpoint, data prediction, on the grid from 1.0."""
 
     name = "dpm++"
+    STATE_FIELDS = ("_m", "orders")
     grid = staticmethod(flow_schedule)
 
     def __init__(self, steps: int, shift: float, num_train_timesteps: int = 1000) -> None:

@@ -10,6 +10,7 @@ batch-independent model; it trades memory for fewer, larger kernels).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -69,6 +70,27 @@ class CFGDenoiser:
     def _forward(self, model: ExpertFn, x, t, context) -> torch.Tensor:
         self.calls += 1
         return model(x, t, context, seq_len=self.seq_len).float()
+
+
+class PhasedGuidance:
+    """Phased guidance (`--cfg-steps K`): the first K steps with the stage's CFG scale, every
+    later step with guidance 1.0, i.e. one conditional forward and no unconditional pass.
+
+    Wraps any denoiser called once per step as (stage, x, t); `cfg_steps=None` (or K >= steps)
+    passes every call through unchanged, so the result equals plain CFG bit for bit. Cost:
+    2·K + (steps − K) DiT forwards instead of 2·steps (all-CFG) or steps (guidance 1).
+    """
+
+    def __init__(self, denoiser, cfg_steps: int | None, start: int = 0) -> None:
+        self.denoiser = denoiser
+        self.cfg_steps = cfg_steps
+        self.step = start  # index of the next step (a resumed run starts later)
+
+    def __call__(self, stage: ExpertStage, x: torch.Tensor, t) -> torch.Tensor:
+        i, self.step = self.step, self.step + 1
+        if self.cfg_steps is not None and i >= self.cfg_steps and stage.guidance != 1.0:
+            stage = dataclasses.replace(stage, guidance=1.0)
+        return self.denoiser(stage, x, t)
 
 
 def _timestep_batch(t, b: int, device) -> torch.Tensor:

@@ -22,6 +22,7 @@ class FlowUniPC(FlowSolver):
     """UniPC (bh2) multistep solver on the flow-matching grid from σ_max = float32(0.999)."""
 
     name = "unipc"
+    STATE_FIELDS = ("_m", "_last_x", "_last_order", "orders")
     grid = staticmethod(unipc_schedule)
 
     def __init__(self, steps: int, shift: float, num_train_timesteps: int = 1000) -> None:

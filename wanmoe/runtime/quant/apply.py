@@ -104,6 +104,17 @@ def quantize_model(model: nn.Module, mode: str, use_scaled_mm: bool = False) -> 
     return model
 
 
+def set_fp8_matmul(model: nn.Module, mode: str) -> int:
+    """Set the matmul of every `FP8Linear` of `model` (`--fp8-matmul dequant|scaled|auto`);
+    returns how many layers were set (0 for a model with no fp8 layers)."""
+    n = 0
+    for module in model.modules():
+        if isinstance(module, FP8Linear):
+            module.matmul = mode
+            n += 1
+    return n
+
+
 def _replace(model: nn.Module, name: str, old: nn.Module, new: nn.Module) -> None:
     """Swap a converted layer in; side-branch patches (LoRA) on the old layer carry over."""
     if getattr(old, "patches", None):

@@ -10,6 +10,9 @@ same weight shape instead of allocating a weight-sized tensor per call.
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,43 +105,113 @@ class _ChannelLinear(_QuantLinear):
         return (w * self.weight_scale).to(dtype)
 
 
+FP8_MATMUL = ("dequant", "scaled", "auto")  # --fp8-matmul: how an FP8Linear multiplies
+
+
+def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise (per-token) fp8 activations: x [M, K] -> (float8_e4m3fn [M, K], float32 scale
+    [M, 1]) with x ~ q * scale, each row's amax mapped to the largest finite e4m3 value (448)."""
+    xf = x2.float()
+    scale = (xf.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
+    return (xf / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
+def scaled_mm_emulated(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor,
+                       w_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """What `torch._scaled_mm(xq, wq.t(), scale_a=x_scale [M,1], scale_b=w_scale [1,N])` computes,
+    written out in float32 on any device: (xq @ wqᵀ) · x_scale · w_scale, one rounding."""
+    return ((xq.float() @ wq.float().t()) * x_scale * w_scale.reshape(1, -1)).to(out_dtype)
+
+
+@functools.cache
+def _cuda_capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def fp8_path(mode: str, device: torch.device, dtype: torch.dtype, in_features: int,
+             out_features: int) -> str:
+    """'scaled' or 'dequant' for one layer on one (device, input dtype): decided once per layer.
+
+    auto: `torch._scaled_mm` with row-wise scales on CUDA GPUs with fp8 tensor cores (compute
+    capability >= 8.9: Ada, Hopper, Blackwell) for bf16 inputs (row-wise scaling writes bf16),
+    else dequantise + matmul. scaled: also torch's CPU kernel (slow; it checks the call), still
+    the fallback where the device or shape has no kernel. dequant: always today's path.
+    """
+    if mode == "dequant" or in_features % 16 or out_features % 16 or not hasattr(torch, "_scaled_mm"):
+        return "dequant"
+    if device.type == "cuda":
+        ok = dtype == torch.bfloat16 and _cuda_capability(device.index or 0) >= (8, 9)
+        return "scaled" if ok else "dequant"
+    if device.type == "cpu" and mode == "scaled" and dtype in (torch.float32, torch.bfloat16):
+        return "scaled"
+    return "dequant"
+
+
 class FP8Linear(_ChannelLinear):
     """float8_e4m3fn weight with a float32 scale per output channel (w = q * scale).
 
-    Default: weight-only (dequantise, then a matmul in the input dtype) on any device.
-    `use_scaled_mm=True` runs `torch._scaled_mm` on CUDA GPUs with fp8 tensor cores
-    (compute capability >= 8.9), the input scaled to fp8 per tensor; elsewhere it falls back.
+    `matmul` (`--fp8-matmul`): "dequant" (default; weight-only: dequantise, then a matmul in the
+    input dtype, any device), "auto" (`torch._scaled_mm` where the GPU has fp8 tensor cores,
+    else dequant) or "scaled" (see `fp8_path`). The fp8 matmul quantises the activations per
+    token (row-wise scales, `quantize_rows`) and uses the weight's per-channel scales as the
+    column scales; the choice is made once per (device, dtype) on the first call. A kernel that
+    refuses the call on first use (an unsupported shape) drops the layer to dequant, with a
+    warning. `use_scaled_mm=True` is the old spelling of matmul="auto".
     """
 
     weight_dtype = torch.float8_e4m3fn
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
-                 use_scaled_mm: bool = False, workspace: DequantWorkspace | None = None) -> None:
+                 use_scaled_mm: bool = False, workspace: DequantWorkspace | None = None,
+                 matmul: str | None = None) -> None:
         super().__init__(weight, scale, bias, workspace)
-        self.use_scaled_mm = use_scaled_mm
+        self.matmul = matmul or ("auto" if use_scaled_mm else "dequant")
+        self._paths: dict[tuple, str] = {}  # (device, dtype) -> "scaled" | "dequant"
+
+    @property
+    def matmul(self) -> str:
+        return self._matmul
+
+    @matmul.setter
+    def matmul(self, mode: str) -> None:
+        if mode not in FP8_MATMUL:
+            raise ValueError(f"fp8 matmul {mode!r} is not one of {FP8_MATMUL}")
+        self._matmul = mode
+        self._paths = {}
+
+    @property
+    def use_scaled_mm(self) -> bool:
+        return self._matmul != "dequant"
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, use_scaled_mm: bool = False,
-                    workspace: DequantWorkspace | None = None) -> "FP8Linear":
+                    workspace: DequantWorkspace | None = None, matmul: str | None = None) -> "FP8Linear":
         q, scale = quantize_fp8(linear.weight)
-        return cls(q, scale, linear.bias, use_scaled_mm, workspace)
+        return cls(q, scale, linear.bias, use_scaled_mm, workspace, matmul)
 
-    def _scaled_mm_ok(self, x: torch.Tensor) -> bool:
-        if not (self.use_scaled_mm and x.is_cuda and x.dtype == torch.bfloat16):  # row-wise scaling: bf16 out
-            return False
-        if torch.cuda.get_device_capability(x.device) < (8, 9):
-            return False
-        return self.in_features % 16 == 0 and self.out_features % 16 == 0
+    def path(self, x: torch.Tensor) -> str:
+        """The matmul this layer runs for `x` ('scaled' | 'dequant'), chosen once per placement."""
+        if torch.is_grad_enabled() and x.requires_grad:
+            return "dequant"  # _scaled_mm has no backward
+        key = (x.device, x.dtype)
+        if key not in self._paths:
+            self._paths[key] = fp8_path(self._matmul, x.device, x.dtype, self.in_features, self.out_features)
+        return self._paths[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._scaled_mm_ok(x):
+        if self.path(x) != "scaled":
             return super().forward(x)
         x2 = x.reshape(-1, self.in_features)  # [M, in]
-        x_scale = (x2.abs().amax().float() / FP8_MAX).clamp(min=1e-12)
-        xq = (x2.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        scale_a = x_scale.expand(x2.shape[0], 1).contiguous()  # row-wise form of a per-tensor scale
-        scale_b = self.weight_scale.view(1, -1)
-        y = torch._scaled_mm(xq, self.weight.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=x.dtype)
+        xq, x_scale = quantize_rows(x2)
+        try:
+            y = torch._scaled_mm(xq, self.weight.t(), scale_a=x_scale, scale_b=self.weight_scale.view(1, -1),
+                                 out_dtype=x.dtype)
+        except RuntimeError as e:  # a kernel that refuses this call: fall back for good
+            warnings.warn(f"torch._scaled_mm refused a {tuple(x2.shape)} x {self.in_features}->"
+                          f"{self.out_features} fp8 matmul on {x.device} ({str(e).splitlines()[0]}); "
+                          f"this layer dequantises instead", RuntimeWarning, stacklevel=2)
+            self._paths[(x.device, x.dtype)] = "dequant"
+            return super().forward(x)
         if self.bias is not None:
             y = y + self._bias(x.dtype)
         return self.with_patches(x, y.reshape(*x.shape[:-1], self.out_features))
