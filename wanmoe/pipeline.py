@@ -416,16 +416,28 @@ def _load_expert(spec, name: str, rt: RuntimeConfig, device: torch.device, works
     source, key_map = spec.experts[name], None
     if rt.weights is WeightMode.KEEP:  # scaled-fp8 files stay fp8 (FP8Linear); GGUF stays anyway
         source, key_map = open_component(source, "dit", keep_quantized=True)
+    install, on_read, quantiser = make_installer(workspace, device=device), None, None
+    if rt.weights.quantises:  # fp8 / int8: each block linear quantised as it is read (quant.on_load)
+        from .loading.on_read import ConvertOnRead
+        from .runtime.quant.on_load import OnLoadQuantiser
+
+        merged = loras if rt.lora_mode is LoRAMode.MERGE else ()  # into the float weight, then quantised
+        quantiser = OnLoadQuantiser(rt.weights.value, spec.preset.dit, rt.dtype, device, merged, install)
+        install = quantiser.install
+        on_read = lambda src, km: ConvertOnRead(src, km, quantiser.plan, quantiser.convert)  # noqa: E731
     try:
         model = load_dit(source, spec.preset.dit, compute_dtype=rt.dtype, device=device,
-                         key_map=key_map, install_quantized=make_installer(workspace, device=device))
+                         key_map=key_map, install_quantized=install, on_read=on_read)
     finally:
         if source is not spec.experts[name]:
             source.close()
-    if loras and rt.lora_mode is LoRAMode.MERGE:  # into the float weights, before any conversion
-        apply_loras(model, loras, rt.lora_mode)
-    if rt.weights.converts:
-        model = quantize_model(model, rt.weights.value)
+    if quantiser is not None:
+        model = quantiser.finish(model)  # the rest of the merged LoRAs; GGUF-stored linears converted
+    else:
+        if loras and rt.lora_mode is LoRAMode.MERGE:  # into the float weights, before any conversion
+            apply_loras(model, loras, rt.lora_mode)
+        if rt.weights.converts:
+            model = quantize_model(model, rt.weights.value)
     if loras and rt.lora_mode is LoRAMode.RUNTIME:
         apply_loras(model, loras, rt.lora_mode)
     set_attention(model, rt.attention)
@@ -444,7 +456,7 @@ def load_pipeline(path=None, device=None, dtype=None, *, high=None, low=None, va
     weights None = the storage dtypes `dtype` needs (bf16 matmul weights under bf16, fp32
     under fp32; quantised files such as GGUF stay quantised); "keep" = as stored; "bf16" = block
     linears stored in bf16 even for fp32 compute (like the official --convert_model_dtype);
-    "fp8"/"int8" = block linears quantised after loading (wanmoe.runtime.quant).
+    "fp8"/"int8" = block linears quantised tensor by tensor while loading (runtime.quant.on_load).
     `text_weights` None / "fp8" / "int8": the umT5 linears as stored or quantised while loading.
     `loras`: {expert name: [(file, strength), ...]} (`wanmoe.request.lora_plan`); the files are
     read and matched against the model before any weight loads.

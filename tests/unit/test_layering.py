@@ -41,7 +41,7 @@ RULES: dict[tuple[str, ...], tuple[str, ...]] = {
 
 # Inside wanmoe.loading, bottom to top: a module imports only modules before it in this list
 # (a `keymaps.*` submodule counts as `keymaps`; see wanmoe/loading/__init__.py).
-LOADING_ORDER = ("safetensors_header", "gguf_walk", "pth_guard", "json_files", "sources", "gguf", "containers", "renames", "detect", "fp8_scaled", "stream", "keymaps",
+LOADING_ORDER = ("safetensors_header", "gguf_walk", "pth_guard", "json_files", "sources", "gguf", "containers", "renames", "detect", "fp8_scaled", "on_read", "stream", "keymaps",
                  "opener", "checkpoint", "components", "inspect")
 
 # Allowed for now, each with its reason; delete an entry when its import is gone (the test then

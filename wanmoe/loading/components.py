@@ -44,11 +44,12 @@ def _opened(source_or_path, kind: str,
 
 def load_dit(source_or_path, cfg: DiTConfig, compute_dtype: torch.dtype = torch.float32,
              device: torch.device | str = "cpu", key_map: KeyMap | None = None, *,
-             install_quantized: InstallQuantized | None = None) -> nn.Module:
+             install_quantized: InstallQuantized | None = None, on_read=None) -> nn.Module:
     """WanDiT from official / prefixed / diffusers / fp8 / GGUF weights, stored per `storage_dtype`.
 
     Give a source and its `key_map` from `opener.open_component` to load it as opened (e.g. kept
-    scaled fp8); without a key map the weights are detected here.
+    scaled fp8); without a key map the weights are detected here. `on_read(source, key_map)`
+    returns the view the tensors are streamed from (`on_read.ConvertOnRead`: quantise while loading).
     """
     from wanmoe.models.dit import WanDiT
 
@@ -56,6 +57,8 @@ def load_dit(source_or_path, cfg: DiTConfig, compute_dtype: torch.dtype = torch.
         with empty_weights():
             model = WanDiT(cfg)
         model.set_compute_dtype(compute_dtype)  # validates the dtype before any weight is read
+        if on_read is not None:
+            src = on_read(src, key_map)
         stream_load(model, src, dtype=compute_dtype, device=device, key_map=key_map,
                     install_quantized=install_quantized)
     return model.eval()

@@ -73,18 +73,22 @@ def _dense_linear(weight: torch.Tensor, bias) -> nn.Module:
     return lin
 
 
-def quantize_model(model: nn.Module, mode: str, use_scaled_mm: bool = False) -> nn.Module:
+def quantize_model(model: nn.Module, mode: str, use_scaled_mm: bool = False, skip=()) -> nn.Module:
     """Convert the block linears of a loaded DiT in place; returns the model.
 
     bf16: weights stored in bf16; fp8: `FP8Linear` (per-channel scales); int8: `Int8Linear`;
     keep: leave everything as loaded. Layers that are already quantised (e.g. GGUF weights kept
-    by `install_quantized`) are dequantised one layer at a time and converted.
+    by `install_quantized`) are dequantised one layer at a time and converted. Module paths in
+    `skip` are left alone (layers already quantised while loading, `quant.on_load`).
     """
     if mode not in MODES:
         raise InputError(f"weights mode {mode!r} is not one of {', '.join(MODES)}")
     if mode == "keep":
         return model
+    skip = set(skip)
     for name, module in list(block_linears(model)):
+        if name in skip:
+            continue
         workspace = getattr(module, "workspace", None)  # a converted layer keeps sharing buffers
         if isinstance(module, _QuantLinear):
             weight = module.dequantized(torch.float32)  # one layer at a time

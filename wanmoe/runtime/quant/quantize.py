@@ -112,19 +112,20 @@ def _channel_scale(w: torch.Tensor, qmax: float) -> torch.Tensor:
     """Per-output-channel scale absmax / qmax, float32 `[out, 1]` (1 for all-zero rows)."""
     if w.dim() != 2:
         raise ValueError(f"per-channel quantisation needs a 2-D weight, got shape {tuple(w.shape)}")
-    scale = (w.detach().float().abs().amax(dim=1) / qmax)[:, None]
+    # abs and max are exact in any float dtype: no float32 copy of the weight for the scale
+    scale = (w.detach().abs().amax(dim=1).float() / qmax)[:, None]
     return torch.where(scale == 0, torch.ones_like(scale), scale)
 
 
 def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """2-D weight -> (float8_e4m3fn weight, float32 scale [out, 1]); w ~ q * scale."""
     scale = _channel_scale(w, FP8_MAX)
-    q = (w.detach().float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return q, scale
+    x = w.detach().to(torch.float32, copy=True).div_(scale)  # one float32 copy, worked on in place
+    return x.clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """2-D weight -> (int8 weight in -127..127, float32 scale [out, 1]); w ~ q * scale."""
     scale = _channel_scale(w, 127)
-    q = torch.round(w.detach().float() / scale).clamp(-127, 127).to(torch.int8)
-    return q, scale
+    x = w.detach().to(torch.float32, copy=True).div_(scale)  # one float32 copy, worked on in place
+    return x.round_().clamp_(-127, 127).to(torch.int8), scale
