@@ -172,3 +172,19 @@ def test_quantiser_refuses_other_modes():
 
     with pytest.raises(InputError, match="bf16"):
         on_load.OnLoadQuantiser("bf16", tiny_dit_config(16), torch.float32, fallback=make_installer())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantisers_give_the_same_result_in_a_reused_scratch_buffer(dtype):
+    from wanmoe.runtime.quant.quantize import quantize_fp8, quantize_int8
+
+    g = torch.Generator().manual_seed(1)
+    work = torch.full((64 * 96,), float("nan"))  # stale contents must not leak into the result
+    for shape in ((64, 96), (32, 40), (64, 96)):
+        w = (torch.randn(shape, generator=g) * 3).to(dtype)
+        w[1] = 0  # an all-zero row: scale 1
+        kept = w.clone()
+        for fn in (quantize_fp8, quantize_int8):
+            (q, s), (rq, rs) = fn(w, work), fn(w)
+            assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s, rs)
+        assert torch.equal(w, kept)  # the weight itself is never written

@@ -117,15 +117,25 @@ def _channel_scale(w: torch.Tensor, qmax: float) -> torch.Tensor:
     return torch.where(scale == 0, torch.ones_like(scale), scale)
 
 
-def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """2-D weight -> (float8_e4m3fn weight, float32 scale [out, 1]); w ~ q * scale."""
+def _float32_copy(w: torch.Tensor, work: torch.Tensor | None) -> torch.Tensor:
+    """w as a float32 copy: in `work` (a reusable float32 buffer of at least w.numel() elements
+    on w's device) when given, so that a loop over many weights allocates it once."""
+    if work is None or work.numel() < w.numel() or work.device != w.device:
+        return w.detach().to(torch.float32, copy=True)
+    return work.reshape(-1)[: w.numel()].view(w.shape).copy_(w.detach())
+
+
+def quantize_fp8(w: torch.Tensor, work: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D weight -> (float8_e4m3fn weight, float32 scale [out, 1]); w ~ q * scale.
+    `work`: optional float32 scratch buffer (see `_float32_copy`); results are the same."""
     scale = _channel_scale(w, FP8_MAX)
-    x = w.detach().to(torch.float32, copy=True).div_(scale)  # one float32 copy, worked on in place
+    x = _float32_copy(w, work).div_(scale)  # one float32 copy, worked on in place
     return x.clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
 
 
-def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """2-D weight -> (int8 weight in -127..127, float32 scale [out, 1]); w ~ q * scale."""
+def quantize_int8(w: torch.Tensor, work: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D weight -> (int8 weight in -127..127, float32 scale [out, 1]); w ~ q * scale.
+    `work`: optional float32 scratch buffer (see `_float32_copy`); results are the same."""
     scale = _channel_scale(w, 127)
-    x = w.detach().to(torch.float32, copy=True).div_(scale)  # one float32 copy, worked on in place
+    x = _float32_copy(w, work).div_(scale)  # one float32 copy, worked on in place
     return x.round_().clamp_(-127, 127).to(torch.int8), scale
