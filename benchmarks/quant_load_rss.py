@@ -4,7 +4,7 @@
 Writes a mid-size DiT (default dim 1536, ffn 6144, 12 blocks: 0.47 G parameters, 0.93 GB as
 bf16 safetensors with official names) into a temporary folder, then loads it once per
 (path, weights) in a fresh subprocess on the CPU with bf16 compute (block linears stored bf16,
-as the A14B runs) and reports the process's peak RSS (`ru_maxrss`) and its RSS before the load
+as the A14B runs) and reports the process's peak RSS (`VmHWM`) and its RSS before the load
 (torch imported), side by side with the sizes of the float and the quantised expert.
 
 Run from the repository root: `PYTHONPATH=. python benchmarks/quant_load_rss.py [--dim N]
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 CHILD = r"""
-import resource, sys, types, torch
+import sys, types, torch
 path, weights, mode, dim, ffn, layers = sys.argv[1:7]
 from wanmoe.configs import DiTConfig
 cfg = DiTConfig(dim=int(dim), ffn_dim=int(ffn), num_heads=int(dim) // 128, num_layers=int(layers),
@@ -38,16 +38,16 @@ if mode == "old":  # the path before on-load quantisation: float expert, then qu
         def finish(self, model):
             return quantize_model(model, self.mode)
     on_load.OnLoadQuantiser = Old
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+def rss(field="VmRSS:"):  # VmHWM: the peak of this process image (ru_maxrss keeps the parent's
+    for line in open("/proc/self/status"):  # RSS from before the exec when that was larger)
+        if line.startswith(field):
             return int(line.split()[1]) * 1024
     return 0
 spec = types.SimpleNamespace(experts={"dense": path}, preset=types.SimpleNamespace(dit=cfg))
 rt = runtime_config("cpu", "bf16", weights=weights)
 before = rss()
 model = _load_expert(spec, "dense", rt, torch.device("cpu"))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = rss("VmHWM:")
 print(before, peak, rss(), quantized_bytes(model))
 """
 
@@ -72,6 +72,7 @@ def write_model(folder: Path, dim: int, ffn: int, layers: int) -> tuple[Path, in
     path = folder / "expert.safetensors"
     save_file(sd, str(path))
     nbytes = sum(t.numel() * t.element_size() for t in sd.values())
+    del sd  # the children load it; this process holds nothing large while they run
     return path, nbytes
 
 

@@ -188,3 +188,64 @@ def test_quantisers_give_the_same_result_in_a_reused_scratch_buffer(dtype):
             (q, s), (rq, rs) = fn(w, work), fn(w)
             assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s, rs)
         assert torch.equal(w, kept)  # the weight itself is never written
+
+
+# ---- the planner -------------------------------------------------------------------------------
+
+def test_planner_load_peak_is_the_quantised_experts_plus_one_tensor():
+    from wanmoe.configs import T2V_A14B
+    from wanmoe.runtime.memory import (PROCESS_BASE, MemoryRequest, _float_expert_bytes, expert_bytes,
+                                       predict, quantise_on_load_bytes, vae_bytes)
+
+    cfg = T2V_A14B.dit
+    for dtype, w in ((torch.bfloat16, 2), (torch.float32, 4)):
+        # the largest block linear (ffn) as read, its abs() and the float32 scratch
+        assert quantise_on_load_bytes(T2V_A14B, dtype) == cfg.ffn_dim * cfg.dim * (2 * w + 4)
+    one = quantise_on_load_bytes(T2V_A14B)
+    for weights in ("fp8", "int8"):
+        nb, blk = expert_bytes(T2V_A14B, weights)
+        expert = nb + blk * cfg.num_layers
+        for off in ("expert", "blocks"):
+            pred = predict(MemoryRequest(T2V_A14B, 832, 480, 81, weights, off, 2))
+            ram_load = PROCESS_BASE + 2 * expert + one
+            assert pred.ram_stage == "run" and pred.ram_peak > ram_load  # the load is no longer the peak
+            old = PROCESS_BASE + expert + _float_expert_bytes(T2V_A14B, torch.bfloat16)  # before: 45.4 GB
+            assert old - ram_load > 13e9
+        pred = predict(MemoryRequest(T2V_A14B, 832, 480, 81, weights, "none"))
+        assert pred.stages["load"] == 2 * expert + one + vae_bytes(T2V_A14B)  # quantised on the device
+
+
+def test_planner_text_weights_count_the_t5_linears_at_one_byte():
+    import dataclasses
+
+    from wanmoe.configs import T2V_A14B
+    from wanmoe.runtime.memory import text_encoder_bytes
+    from wanmoe.runtime.quant.apply import quantized_bytes
+    from wanmoe.runtime.weights import set_module
+    from wanmoe.testing.tiny import tiny_t5_config
+    from wanmoe.text.umt5 import UMT5Encoder
+
+    preset = dataclasses.replace(T2V_A14B, t5=tiny_t5_config(256))
+    model = UMT5Encoder(preset.t5).to(torch.bfloat16)
+    assert text_encoder_bytes(preset, torch.bfloat16) == quantized_bytes(model)
+    for name, m in list(model.named_modules()):
+        if name.startswith("blocks.") and isinstance(m, nn.Linear):
+            set_module(model, name, Int8Linear.from_linear(m))
+    assert text_encoder_bytes(preset, torch.bfloat16, "int8") == quantized_bytes(model)
+    assert text_encoder_bytes(preset, torch.bfloat16, "fp8") == quantized_bytes(model)
+
+
+def test_a14b_fp8_host_ram_goal_as_the_planner_sees_it():
+    """Issue 12: fp8 experts need <= 32 GB of host RAM. The experts on the GPU (offload none):
+    the host holds the process and the text encoder on the CPU (--t5-cpu), 12.9 GB, 8.2 GB with
+    the T5 linears in fp8; the load no longer materialises a bf16 expert. Streamed from the host
+    the two fp8 experts alone are 31.7 GB: the run needs 40.0 GB with an fp8 T5 (docs/memory.md)."""
+    from wanmoe.configs import T2V_A14B
+    from wanmoe.runtime.memory import MemoryRequest, predict
+
+    gib = 2**30
+    for tw, limit in ((None, 13.0e9), ("fp8", 8.3e9)):
+        pred = predict(MemoryRequest(T2V_A14B, 832, 480, 81, "fp8", "none", text_on_device=False, text_weights=tw))
+        assert pred.ram_peak <= limit and pred.ram_peak <= 32 * gib, pred.ram_peak
+    pred = predict(MemoryRequest(T2V_A14B, 832, 480, 81, "fp8", "blocks", 2, text_on_device=False, text_weights="fp8"))
+    assert pred.ram_stage == "run" and 39e9 < pred.ram_peak < 41e9

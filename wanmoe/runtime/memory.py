@@ -58,6 +58,7 @@ class MemoryRequest:
     batched_cfg: bool = False
     vae_tile: tuple[int, int, int] | None = None  # latent (h, w, overlap), None: untiled
     text_on_device: bool = True  # False: --t5-cpu
+    text_weights: str | None = None  # "fp8" | "int8": --text-weights (umT5 block linears quantised)
 
     @property
     def tokens(self) -> int:
@@ -154,6 +155,17 @@ def _float_expert_bytes(preset: ModelPreset, dtype: torch.dtype) -> int:
     return nb + blk * preset.dit.num_layers
 
 
+def quantise_on_load_bytes(preset: ModelPreset, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Bytes beside the quantised weights while `--weights fp8|int8` loads an expert
+    (`runtime.quant.on_load`): the largest block linear as read (storage dtype), its `abs()` for
+    the channel scales (same dtype) and the float32 scratch the quantiser reuses."""
+    cfg = preset.dit
+    from wanmoe.models.dit import WanDiT
+
+    w = WanDiT.storage_dtype("blocks.0.ffn.0.weight", dtype).itemsize
+    return max(cfg.ffn_dim * cfg.dim, cfg.dim * cfg.dim) * (2 * w + 4)
+
+
 def _params(module_fn) -> int:
     with torch.device("meta"):
         m = module_fn()
@@ -161,10 +173,22 @@ def _params(module_fn) -> int:
 
 
 @lru_cache(maxsize=16)
-def text_encoder_bytes(preset: ModelPreset, dtype: torch.dtype) -> int:
+def text_encoder_bytes(preset: ModelPreset, dtype: torch.dtype, weights: str | None = None) -> int:
+    """umT5 encoder bytes: every parameter in `dtype`; with `weights` "fp8" / "int8"
+    (--text-weights) the block linears at one byte per weight plus a float32 scale per row."""
+    from torch import nn
+
     from wanmoe.text.umt5 import UMT5Encoder
 
-    return _params(lambda: UMT5Encoder(preset.t5)) * dtype.itemsize
+    with torch.device("meta"):
+        m = UMT5Encoder(preset.t5)
+    total = sum(p.numel() for p in m.parameters()) * dtype.itemsize
+    if weights in ("fp8", "int8"):
+        for name, mod in m.named_modules():
+            if name.startswith("blocks.") and isinstance(mod, nn.Linear):
+                n = mod.weight.numel()
+                total -= n * dtype.itemsize - n - mod.out_features * 4
+    return total
 
 
 @lru_cache(maxsize=16)
@@ -267,9 +291,13 @@ def predict(req: MemoryRequest) -> MemoryPrediction:
     p, n_exp = req.preset, len(req.preset.experts)
     non_block, block = expert_bytes(p, req.weights, req.dtype)
     expert = non_block + block * p.dit.num_layers
-    converts = req.weights in ("fp8", "int8") or (req.weights == "bf16" and req.dtype == torch.float32)
-    loaded = _float_expert_bytes(p, req.dtype) if converts else expert  # an expert before conversion
-    t5, vae = text_encoder_bytes(p, req.dtype), vae_bytes(p)
+    if req.weights in ("fp8", "int8"):  # quantised tensor by tensor while loading
+        loaded = expert + quantise_on_load_bytes(p, req.dtype)
+    elif req.weights == "bf16" and req.dtype == torch.float32:  # converted after a float load
+        loaded = _float_expert_bytes(p, req.dtype)
+    else:
+        loaded = expert
+    t5, vae = text_encoder_bytes(p, req.dtype, req.text_weights), vae_bytes(p)
     batch = 2 if req.batched_cfg else 1
     act = dit_activation_bytes(p, req.tokens, batch, req.dtype, req.per_token_time)
     transient = weight_transient_bytes(p, req.weights, req.dtype)
@@ -345,5 +373,5 @@ def tokens_for(preset: ModelPreset, width: int, height: int, frames: int) -> int
     return MemoryRequest(preset, width, height, frames).tokens
 
 
-__all__ = ["auto_vae_tile", "weight_format", "auto_offload", "MemoryRequest", "MemoryPrediction", "predict", "fits", "dit_activation_bytes",
+__all__ = ["quantise_on_load_bytes", "auto_vae_tile", "weight_format", "auto_offload", "MemoryRequest", "MemoryPrediction", "predict", "fits", "dit_activation_bytes",
            "expert_bytes", "gguf_bits_per_weight", "WEIGHT_FORMATS", "OFFLOAD_MODES"]
