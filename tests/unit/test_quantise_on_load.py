@@ -249,3 +249,37 @@ def test_a14b_fp8_host_ram_goal_as_the_planner_sees_it():
         assert pred.ram_peak <= limit and pred.ram_peak <= 32 * gib, pred.ram_peak
     pred = predict(MemoryRequest(T2V_A14B, 832, 480, 81, "fp8", "blocks", 2, text_on_device=False, text_weights="fp8"))
     assert pred.ram_stage == "run" and 39e9 < pred.ram_peak < 41e9
+
+
+@pytest.mark.parametrize("layout", ["pth", "fp8_scaled", "comfy_quant"])
+def test_other_containers_equal_load_then_quantise(a14b, tmp_path, layout, monkeypatch):
+    """A `.pth` state dict and ComfyUI scaled-fp8 files (scales applied on read) give the same
+    expert as load-then-quantise."""
+    import types
+
+    from wanmoe.testing.layouts import read_all
+    from wanmoe.testing.quantized import comfy_quant_state, fp8_scaled_state
+
+    spec = resolve(a14b)
+    sd = read_all(spec.experts["high_noise"])
+    if layout == "pth":
+        path = tmp_path / "expert.pth"
+        torch.save(sd, path)
+    else:
+        path = tmp_path / "expert.safetensors"
+        save_file((fp8_scaled_state if layout == "fp8_scaled" else comfy_quant_state)(sd), str(path))
+    one = types.SimpleNamespace(experts={"dense": path}, preset=spec.preset)
+    rt = runtime_config("cpu", "bf16", weights="fp8")
+    made = []
+
+    class Recording(on_load.OnLoadQuantiser):
+        def finish(self, model):
+            made.append(set(self.done))
+            return super().finish(model)
+
+    monkeypatch.setattr(on_load, "OnLoadQuantiser", Recording)
+    new = _load_expert(one, "dense", rt, torch.device("cpu"))
+    assert made == [{n for n, _ in block_linears(new)}]  # every one quantised on read
+    monkeypatch.setattr(on_load, "OnLoadQuantiser", LoadThenQuantise)
+    _assert_same(new, _load_expert(one, "dense", rt, torch.device("cpu")))
+    assert all(isinstance(m, FP8Linear) for _, m in block_linears(new))
