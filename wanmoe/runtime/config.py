@@ -24,7 +24,7 @@ class WeightMode(str, enum.Enum):
 
     @property
     def quantises(self) -> bool:
-        """True when the mode quantises float weights after loading."""
+        """True when the mode quantises float weights (tensor by tensor while loading)."""
         return self in (WeightMode.FP8, WeightMode.INT8)
 
     @property
