@@ -51,7 +51,8 @@ def lora_file(a14b, tmp_path_factory):
     mods = block_modules(spec.preset.dit.num_layers) + ["time_projection.1"]
     sd = write_layout(lora_factors(state, mods, rank=4, seed=9), "comfy_AB", alpha=2.0)
     g = torch.Generator().manual_seed(5)
-    sd["diffusion_model.blocks.1.ffn.0.diff_b"] = 0.05 * torch.randn(state["blocks.1.ffn.0.bias"].shape, generator=g)
+    bias = state["blocks.1.ffn.0.bias"]
+    sd["diffusion_model.blocks.1.ffn.0.diff_b"] = 0.05 * torch.randn(bias.shape, generator=g)
     path = tmp_path_factory.mktemp("qload-lora") / "lora.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     return path
@@ -245,9 +246,11 @@ def test_a14b_fp8_host_ram_goal_as_the_planner_sees_it():
 
     gib = 2**30
     for tw, limit in ((None, 13.0e9), ("fp8", 8.3e9)):
-        pred = predict(MemoryRequest(T2V_A14B, 832, 480, 81, "fp8", "none", text_on_device=False, text_weights=tw))
+        pred = predict(MemoryRequest(T2V_A14B, 832, 480, 81, "fp8", "none", text_on_device=False,
+                                     text_weights=tw))
         assert pred.ram_peak <= limit and pred.ram_peak <= 32 * gib, pred.ram_peak
-    pred = predict(MemoryRequest(T2V_A14B, 832, 480, 81, "fp8", "blocks", 2, text_on_device=False, text_weights="fp8"))
+    pred = predict(MemoryRequest(T2V_A14B, 832, 480, 81, "fp8", "blocks", 2, text_on_device=False,
+                                 text_weights="fp8"))
     assert pred.ram_stage == "run" and 39e9 < pred.ram_peak < 41e9
 
 

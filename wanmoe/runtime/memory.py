@@ -373,5 +373,5 @@ def tokens_for(preset: ModelPreset, width: int, height: int, frames: int) -> int
     return MemoryRequest(preset, width, height, frames).tokens
 
 
-__all__ = ["quantise_on_load_bytes", "auto_vae_tile", "weight_format", "auto_offload", "MemoryRequest", "MemoryPrediction", "predict", "fits", "dit_activation_bytes",
+__all__ = ["auto_vae_tile", "weight_format", "auto_offload", "MemoryRequest", "MemoryPrediction", "predict", "fits", "dit_activation_bytes",
            "expert_bytes", "gguf_bits_per_weight", "WEIGHT_FORMATS", "OFFLOAD_MODES"]
