@@ -210,7 +210,8 @@ def _auto_tile(preset, rt, settings, fmt: str, vram: int):
 
     req = MemoryRequest(preset, settings.width, settings.height, settings.frames, fmt,
                         rt.offload.value, rt.resident_blocks, rt.dtype, rt.per_token_time,
-                        rt.batched_cfg, None, rt.text_device is None or rt.text_device.type != "cpu")
+                        rt.batched_cfg, None, rt.text_device is None or rt.text_device.type != "cpu",
+                        getattr(rt, "text_weights", None))
     pred = predict(req)
     other = pred.stages["vae decode"] - pred.parts["vae_decode"]  # resident while decoding
     return auto_vae_tile(preset, settings.width, settings.height, settings.frames,
@@ -233,7 +234,8 @@ def memory_preflight(preset, rt, settings, vram: int, tile=None, expert_files=()
         tile = _auto_tile(preset, rt, settings, fmt, vram)
     req = MemoryRequest(preset, settings.width, settings.height, settings.frames, fmt,
                         rt.offload.value, rt.resident_blocks, rt.dtype, rt.per_token_time,
-                        rt.batched_cfg, tile, rt.text_device is None or rt.text_device.type != "cpu")
+                        rt.batched_cfg, tile, rt.text_device is None or rt.text_device.type != "cpu",
+                        getattr(rt, "text_weights", None))
     pred = predict(req)
     ok, reason = fits(pred, vram)
     if ok:
