@@ -12,6 +12,13 @@ Rows:  official (UniPC, `--steps`, CFG: 2 forwards a step) is the baseline; batc
        branch; quality vs merged).
 Quality: relative latent drift |x - x_ref| / |x_ref| against the exact twin of that row.
 Run: `PYTHONPATH=. python benchmarks/bench_speed.py [--runs 3]`; writes a Markdown table.
+
+`--vs-diffusers`: instead of the rows above, the denoise loop of `WanPipeline.sample` against
+diffusers' `WanPipeline` on the same two experts (shared tensors through the key map), the same
+noise, contexts (zero-padded to text_len for diffusers, as our DiT pads inside) and solver (ours,
+through a scheduler adapter), fp32, alternating rounds; prints the ratio ours / diffusers
+(issue 13 target: <= 0.9). `--medium` sets the issue's config: two d512 x 4-layer experts,
+256*256, 17 frames, 8 steps. `--compile` adds a row with `torch.compile` per block.
 """
 
 from __future__ import annotations
@@ -31,6 +38,90 @@ from wanmoe.request import runtime_config
 from wanmoe.runtime.config import LoRAMode
 from wanmoe.sampling import PRESETS
 from wanmoe.validate import settings_for
+
+
+class _SolverScheduler:
+    """The face of a diffusers scheduler over a wanmoe solver: same timesteps, same step()."""
+
+    order = 1
+
+    def __init__(self, name: str, shift: float) -> None:
+        from types import SimpleNamespace
+
+        self.name, self.shift = name, shift
+        self.config = SimpleNamespace(num_train_timesteps=1000)
+
+    def set_timesteps(self, num_inference_steps, device=None):
+        from wanmoe.sampling import make_solver
+
+        self.solver = make_solver(self.name, num_inference_steps, self.shift)
+        self.timesteps = self.solver.timesteps.to(device)
+        self.sigmas = self.solver.sigmas
+
+    def set_begin_index(self, begin_index=0):
+        pass
+
+    def step(self, model_output, timestep, sample, return_dict=False):
+        return (self.solver.step(model_output[0], sample[0])[None],)
+
+
+def vs_diffusers(preset, experts: dict, noise, cond, uncond, request, args) -> None:
+    """Denoise loop: ours vs diffusers' WanPipeline, alternating rounds; prints ratios."""
+    import diffusers
+    from bench_dit import diffusers_twin
+
+    cfg = preset.dit
+    high, low = (diffusers_twin(experts[n], torch.float32, "cpu") for n in ("high_noise", "low_noise"))
+    ref = diffusers.WanPipeline(tokenizer=None, text_encoder=None, vae=None,
+                                scheduler=_SolverScheduler(request.solver, request.shift),
+                                transformer=high, transformer_2=low, boundary_ratio=preset.boundary)
+    ref.set_progress_bar_config(disable=True)
+
+    def pad(c):
+        return torch.cat([c, c.new_zeros(cfg.text_len - c.shape[0], c.shape[1])])[None]
+
+    def run_ref():
+        with torch.no_grad():
+            return ref(prompt_embeds=pad(cond[0]), negative_prompt_embeds=pad(uncond[0]),
+                       latents=noise[None].clone(), height=request.height, width=request.width,
+                       num_frames=request.frames, num_inference_steps=request.steps,
+                       guidance_scale=request.guide_scale[0],
+                       guidance_scale_2=request.guide_scale[-1],
+                       output_type="latent", return_dict=False)[0][0]
+
+    rows = {"diffusers WanPipeline": run_ref}
+    pipes = {"wanmoe": WanPipeline(preset, experts, None, None, runtime=runtime_config("cpu"))}
+    if args.compile:
+        pipes["wanmoe --compile"] = WanPipeline(preset, experts, None, None,
+                                                runtime=runtime_config("cpu", compile=True))
+    for name, pipe in pipes.items():
+        rows[name] = (lambda p: lambda: p.sample(noise, cond, uncond, request, progress=False)[0])(pipe)
+    times = {name: [] for name in rows}
+    out = {}
+    for name, fn in rows.items():  # warm-up (compile happens here)
+        t0 = time.perf_counter()
+        out[name] = fn()
+        print(f"warm-up {name}: {time.perf_counter() - t0:.2f} s", flush=True)
+    for r in range(args.runs):
+        for name, fn in (rows.items() if r % 2 == 0 else reversed(rows.items())):
+            t0 = time.perf_counter()
+            out[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["diffusers WanPipeline"])
+    tokens = noise.shape[1] * noise.shape[2] * noise.shape[3] // 4
+    print(f"\n# Denoise loop vs diffusers\n\nHardware: {platform.machine()} CPU "
+          f"({platform.processor() or 'unknown'}), {args.threads} threads, torch {torch.__version__}, "
+          f"diffusers {diffusers.__version__}. Two random experts d{cfg.dim} x{cfg.num_layers} layers, "
+          f"{args.size}, {args.frames} frames ({tokens} tokens), {args.steps} steps, CFG (2 forwards a "
+          f"step), fp32, median of {args.runs} alternating rounds.\n")
+    print("| pipeline | s (median) | all rounds | ours / diffusers | max rel diff vs diffusers |")
+    print("|---|---|---|---|---|")
+    ref_x = out["diffusers WanPipeline"]
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        diff = (out[name] - ref_x).abs().max() / ref_x.abs().max()
+        print(f"| {name} | {t:.2f} | {' '.join(f'{v:.2f}' for v in ts)} | {t / base:.3f}x | {diff:.1e} |")
+    print(f"\ndenoise ratio (wanmoe / diffusers): {statistics.median(times['wanmoe']) / base:.3f}")
 
 
 def _experts(cfg: DiTConfig) -> dict:
@@ -72,7 +163,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--vs-diffusers", action="store_true",
+                    help="time the denoise loop against diffusers' WanPipeline (needs diffusers)")
+    ap.add_argument("--medium", action="store_true",
+                    help="the issue-13 config: d512 x4 layers, 256*256, 17 frames, 8 steps")
+    ap.add_argument("--compile", action="store_true", help="--vs-diffusers: add a --compile row")
     args = ap.parse_args()
+    if args.medium:
+        args.dim, args.layers, args.size, args.frames, args.steps = 512, 4, "256*256", 17, 8
     torch.set_num_threads(args.threads)
     cfg = DiTConfig(dim=args.dim, ffn_dim=3 * args.dim, num_heads=args.dim // 128, num_layers=args.layers,
                     in_dim=16, out_dim=16, text_dim=args.dim, text_len=128)
@@ -83,6 +181,8 @@ def main() -> None:
     w, h = (int(v) for v in args.size.split("*"))
     noise = torch.randn(16, (args.frames - 1) // 4 + 1, h // 8, w // 8, generator=g)
     official = settings_for(preset, size=args.size, frames=args.frames, steps=args.steps, seed=0)
+    if args.vs_diffusers:
+        return vs_diffusers(preset, experts, noise, cond, uncond, official, args)
     lightning = settings_for(preset, size=args.size, frames=args.frames, seed=0, **PRESETS["lightning"])
 
     def pipe_with(**rt):

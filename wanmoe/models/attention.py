@@ -12,6 +12,7 @@ process-wide switch. Faster backends (flash-attn) live in `wanmoe.runtime.attent
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -19,10 +20,38 @@ import torch.nn.functional as F
 
 
 def lens_list(k_lens: torch.Tensor | None, b: int, lk: int) -> list[int]:
-    """Per-sample key lengths as Python ints (all `lk` when k_lens is None)."""
+    """Per-sample key lengths as Python ints (all `lk` when k_lens is None).
+
+    k_lens lives on the CPU (the DiT and the runners make it there), so reading it is no
+    host-device sync; a device tensor is read once per call (one sync each)."""
     if k_lens is None:
         return [lk] * b
     return [min(int(n), lk) for n in k_lens.tolist()]
+
+
+# Tensors derived from key lengths, cached per (lengths, size, device): every block of every
+# forward of a run asks for the same ones, and building them on a GPU is one host-to-device copy.
+_CACHE_ENTRIES = 16
+
+
+@functools.lru_cache(maxsize=_CACHE_ENTRIES)
+def _key_mask(lens: tuple[int, ...], lk: int, device: torch.device) -> torch.Tensor:
+    return (torch.arange(lk)[None, :] < torch.tensor(lens)[:, None]).to(device)  # one copy
+
+
+def key_mask(lens: list[int] | tuple[int, ...], lk: int, device) -> torch.Tensor:
+    """bool [B, Lk]: True where key j < lens[b] (cached; shared, do not modify)."""
+    return _key_mask(tuple(int(n) for n in lens), int(lk), torch.device(device))
+
+
+@functools.lru_cache(maxsize=_CACHE_ENTRIES)
+def _cu_seqlens(lens: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor([0, *lens]).cumsum(0).to(torch.int32).to(device)
+
+
+def cu_seqlens(lens: list[int] | tuple[int, ...], device) -> torch.Tensor:
+    """int32 [B + 1] cumulative lengths (the varlen kernels' cu_seqlens), cached per device."""
+    return _cu_seqlens(tuple(int(n) for n in lens), torch.device(device))
 
 
 def attention_reference(q, k, v, k_lens=None):
@@ -47,7 +76,7 @@ def attention_sdpa(q, k, v, k_lens=None):
         kt, vt = k[:, : lens[0]].transpose(1, 2), v[:, : lens[0]].transpose(1, 2)
         out = F.scaled_dot_product_attention(qt, kt, vt)
     else:
-        keep = torch.arange(k.shape[1], device=q.device)[None, :] < torch.tensor(lens, device=q.device)[:, None]
+        keep = key_mask(lens, k.shape[1], q.device)
         out = F.scaled_dot_product_attention(qt, k.transpose(1, 2).to(q.dtype), v.transpose(1, 2).to(q.dtype),
                                              attn_mask=keep[:, None, None, :])
     return out.transpose(1, 2).to(q.dtype)

@@ -1,16 +1,28 @@
 """3-axis RoPE of the Wan DiT in float64 complex arithmetic (spec §2.4).
 
-The multiplier table is built per call from the token grid instead of the official fixed
-[1024, hd/2] table: the values are the same formula (angle = p * 10000^(-2j/D_a) per axis), so the
-bits agree, and grids are not limited to 1024 positions per axis.
+The multiplier table is built from the token grid instead of the official fixed [1024, hd/2]
+table: the values are the same formula (angle = p * 10000^(-2j/D_a) per axis), so the bits
+agree, and grids are not limited to 1024 positions per axis. Tables are cached per (grid,
+split, seq_len, device) (`rope_table`): a run builds each once, not once per forward.
+
+Two ways to rotate, bit-identical in eager mode (tests/unit/test_rope_cache.py):
+* the complex128 table (default): one float64 copy of x, one in-place complex multiply, one
+  copy back to float32;
+* its real view [L, hd/2, 2] (cos, sin) in float64 (`torch.view_as_real(table)`): the same
+  products and sums written out with real ops, which torch.compile's inductor can fuse (it does
+  not lower complex dtypes). `rope_apply` picks the form from the table's dtype.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-# Rows rotated per step in `rope_apply`: bounds the float64 temporaries (~hd*N*16 bytes per row).
+# Rows rotated per step in `rope_apply`: bounds the float64 temporaries (~hd*N*8 bytes per row).
 _CHUNK_TOKENS = 4096
+# Tables kept by `rope_table` (an A14B 720P table is 77 MB; a run needs one per grid and device).
+_CACHE_TABLES = 4
 
 
 def axis_angles(n: int, dim: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -20,9 +32,9 @@ def axis_angles(n: int, dim: int, device: torch.device | str | None = None) -> t
     return torch.polar(torch.ones_like(ang), ang)
 
 
-def rope_table(grid: tuple[int, int, int], split: tuple[int, int, int], seq_len: int,
-               device: torch.device | str | None = None) -> torch.Tensor:
-    """Per-token complex128 multipliers [seq_len, hd/2] for a row-major (f,h,w) grid.
+def build_rope_table(grid: tuple[int, int, int], split: tuple[int, int, int], seq_len: int,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """Per-token complex128 multipliers [seq_len, hd/2] for a row-major (f,h,w) grid (uncached).
 
     Rows past the grid's token count (sequence padding) are exactly 1 so padded tokens pass
     through unchanged, as in the official `rope_apply`.
@@ -40,13 +52,46 @@ def rope_table(grid: tuple[int, int, int], split: tuple[int, int, int], seq_len:
     return table
 
 
+@functools.lru_cache(maxsize=_CACHE_TABLES)
+def _cached_table(grid, split, seq_len, device) -> torch.Tensor:
+    return build_rope_table(grid, split, seq_len, device)
+
+
+def rope_table(grid: tuple[int, int, int], split: tuple[int, int, int], seq_len: int,
+               device: torch.device | str | None = None) -> torch.Tensor:
+    """`build_rope_table`, cached per (grid, split, seq_len, device). Shared: do not modify it."""
+    dev = torch.device(device if device is not None else "cpu")
+    return _cached_table(tuple(int(v) for v in grid), tuple(int(v) for v in split), int(seq_len), dev)
+
+
+def clear_rope_cache() -> None:
+    """Drop the cached tables (frees their memory)."""
+    _cached_table.cache_clear()
+
+
 def rope_apply(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of x [B, L, N, hd] by table [L, hd/2] in float64 -> float32."""
+    """Rotate interleaved pairs of x [B, L, N, hd] by table in float64 -> float32.
+
+    table: complex128 [L, hd/2] (`rope_table`) or its real view float64 [L, hd/2, 2].
+    """
+    if not table.is_complex():
+        return _rope_apply_real(x, table)
     b, s, n, hd = x.shape
     out = torch.empty(b, s, n, hd, dtype=torch.float32, device=x.device)
     for i in range(0, s, _CHUNK_TOKENS):
         j = min(s, i + _CHUNK_TOKENS)
-        xc = torch.view_as_complex(x[:, i:j].to(torch.float64).reshape(b, j - i, n, hd // 2, 2))
-        rot = xc * table[i:j].view(1, j - i, 1, hd // 2)  # [B, l, N, hd/2] complex128
-        out[:, i:j] = torch.view_as_real(rot).flatten(3)
+        xd = x[:, i:j].to(torch.float64)  # a fresh copy: rotated in place
+        xc = torch.view_as_complex(xd.view(b, j - i, n, hd // 2, 2))
+        torch.mul(xc, table[i:j].view(1, j - i, 1, hd // 2), out=xc)  # [B, l, N, hd/2] complex128
+        out[:, i:j].copy_(xd)
     return out
+
+
+def _rope_apply_real(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """The complex product written with real float64 ops: (a+bi)(c+si) = (ac - bs) + (as + bc)i,
+    the order of torch's complex kernels, so the float32 results are the same bits."""
+    b, s, n, hd = x.shape
+    xd = x.to(torch.float64).unflatten(-1, (hd // 2, 2))
+    a, bi = xd[..., 0], xd[..., 1]  # [B, L, N, hd/2]
+    c, sn = table[None, :, None, :, 0], table[None, :, None, :, 1]  # [1, L, 1, hd/2]
+    return torch.stack([a * c - bi * sn, a * sn + bi * c], dim=-1).flatten(3).to(torch.float32)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from wanmoe.errors import InputError
-from wanmoe.models.attention import attention_reference, attention_sdpa, lens_list
+from wanmoe.models.attention import attention_reference, attention_sdpa, cu_seqlens, lens_list
 
 from wanmoe.runtime.attention_tune import AUTO, AUTO_SAGE, REGISTRY, named_backend
 
@@ -66,8 +66,7 @@ def attention_flash(q, k, v, k_lens=None):
     qp = q.to(half).reshape(b * lq, n, hd)
     kp = torch.cat([k[i, : lens[i]] for i in range(b)]).to(half)  # [sum(lens), N, hd]
     vp = torch.cat([v[i, : lens[i]] for i in range(b)]).to(half)
-    cu_q = torch.arange(0, (b + 1) * lq, lq, dtype=torch.int32, device=q.device)
-    cu_k = torch.tensor([0] + lens, device=q.device).cumsum(0).to(torch.int32)
+    cu_q, cu_k = cu_seqlens([lq] * b, q.device), cu_seqlens(lens, q.device)  # cached per shape
     out = mod.flash_attn_varlen_func(qp, kp, vp, cu_q, cu_k, lq, max(lens),
                                      softmax_scale=1.0 / math.sqrt(hd), causal=False)
     if isinstance(out, tuple):  # flash-attn 3 may return (out, lse)
