@@ -89,6 +89,9 @@ def add_runtime_args(p) -> None:
     r.add_argument("--vae-tile", metavar="H,W,OVERLAP",
                    help="decode in spatial tiles of HxW latent pixels overlapping by OVERLAP "
                         "(less VAE memory at 720P; e.g. 45,80,8); default: untiled")
+    r.add_argument("--compile", action="store_true",
+                   help="torch.compile each DiT block (first forward compiles: minutes; needs a C "
+                   "compiler on CPU); falls back to eager with one warning if compiling fails")
     r.add_argument("--per-token-time", action="store_true",
                    help="embed the timestep for every token like the official code (bit-exact to "
                    "it in bf16; costs an fp32 [L, 6, dim] tensor per sample, 9.3 GB at A14B 720P)")
@@ -108,7 +111,8 @@ def runtime_from_args(args, device=None):
                           text_device="cpu" if args.t5_cpu else None, attention=args.attention,
                           batched_cfg=args.batched_cfg, per_token_time=args.per_token_time,
                           lora_mode=args.lora_mode, cache=args.cache,
-                          fp8_matmul=args.fp8_matmul, text_weights=args.text_weights)
+                          fp8_matmul=args.fp8_matmul, text_weights=args.text_weights,
+                          compile=args.compile)
 
 
 def _add_generate(sub) -> None:

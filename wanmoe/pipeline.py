@@ -137,6 +137,11 @@ class WanPipeline:
         self.parallel_groups = None  # wanmoe.parallel.setup.ParallelGroups when runtime.parallel
         self.cfg_batching = None  # runtime.cfg_batch.CFGBatchDecision of the last sample() (auto)
         self.lora_tag = ""  # the LoRAs in use, as text (part of a checkpoint's fingerprint)
+        if runtime.compile:  # torch.compile per DiT block; compiles lazily at the first forward
+            from .runtime.compile import compile_blocks
+
+            for model in experts.values():
+                compile_blocks(model)
 
     @property
     def device(self) -> torch.device:

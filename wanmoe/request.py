@@ -50,7 +50,7 @@ def parse_offload(value) -> tuple[OffloadMode, int]:
 def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_device=None,
                    attention: str = "auto", batched_cfg: bool | None = None, per_token_time: bool = False,
                    lora_mode=None, cache="off", fp8_matmul: str = "dequant",
-                   text_weights=None) -> RuntimeConfig:
+                   text_weights=None, compile: bool = False) -> RuntimeConfig:
     """Validate runtime choices once (device present, dtype known, modes from their enums).
 
     batched_cfg None (default): decided per run from the memory model on CUDA (runtime.cfg_batch),
@@ -63,7 +63,8 @@ def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_
     dt = parse_dtype(dtype if dtype is not None else ("bf16" if dev.type == "cuda" else "fp32"))
     if attention not in BACKENDS:
         raise InputError(f"attention backend {attention!r} is not one of {', '.join(BACKENDS)}")
-    for flag, value in (("batched_cfg", batched_cfg), ("per_token_time", per_token_time)):
+    for flag, value in (("batched_cfg", batched_cfg), ("per_token_time", per_token_time),
+                        ("compile", compile)):
         if not isinstance(value, bool) and not (flag == "batched_cfg" and value is None):
             raise InputError(f"{flag} {value!r} must be True or False")
     from .runtime.quant.linear import FP8_MATMUL
@@ -79,7 +80,7 @@ def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_
         text_weights=check_text_weights(text_weights),
         attention=attention, batched_cfg=batched_cfg, per_token_time=per_token_time,
         lora_mode=_choice(LoRAMode, lora_mode, "lora mode", LoRAMode.MERGE),
-        cache=parse_cache(cache), fp8_matmul=fp8_matmul)
+        cache=parse_cache(cache), fp8_matmul=fp8_matmul, compile=compile)
 
 
 def parse_lora_arg(text: str, flag: str = "--lora") -> tuple[str, float]:

@@ -65,7 +65,7 @@ class RuntimeConfig:
     per_token_time: bool = False  # the official per-token time embedding (WanDiT.set_per_token_time)
     lora_mode: LoRAMode = LoRAMode.MERGE
     fp8_matmul: str = "dequant"  # fp8 layers: dequant | scaled | auto (runtime.quant.linear.fp8_path)
-    compile: bool = False  # reserved: torch.compile per block (not built yet)
+    compile: bool = False  # torch.compile per DiT block (wanmoe.runtime.compile), eager on failure
     cache: object | None = None  # a runtime.cache.CacheSpec; None = off
     parallel: object | None = None  # a wanmoe.parallel.plan.ParallelPlan (None: one process)
 
