@@ -351,7 +351,9 @@ class WanDiT(nn.Module):
         if seq_len < n:
             raise InputError(f"seq_len {seq_len} is smaller than the token count {n} of grid {grid}; "
                              f"pass seq_len >= {n} or None")
-        h = tokens.flatten(2).transpose(1, 2)  # [B, n, d]
+        # [B, n, d], made contiguous: a transposed view would make every residual add of every
+        # block write the transposed layout (strided, ~10 % of a CPU forward); same values.
+        h = tokens.flatten(2).transpose(1, 2).contiguous()
         k_lens = None
         if seq_len > n:
             h = torch.cat([h, h.new_zeros(b, seq_len - n, h.shape[2])], dim=1)  # [B, L, d]
