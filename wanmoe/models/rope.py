@@ -7,7 +7,7 @@ split, seq_len, device) (`rope_table`): a run builds each once, not once per for
 
 Two ways to rotate, bit-identical in eager mode (tests/unit/test_rope_cache.py):
 * the complex128 table (default): one float64 copy of x, one in-place complex multiply, one
-  copy back to float32;
+  copy back to float32, chunk by chunk (cache-sized chunks on the CPU);
 * its real view [L, hd/2, 2] (cos, sin) in float64 (`torch.view_as_real(table)`): the same
   products and sums written out with real ops, which torch.compile's inductor can fuse (it does
   not lower complex dtypes). `rope_apply` picks the form from the table's dtype.
@@ -21,6 +21,11 @@ import torch
 
 # Rows rotated per step in `rope_apply`: bounds the float64 temporaries (~hd*N*8 bytes per row).
 _CHUNK_TOKENS = 4096
+# On the CPU the three passes of a chunk (to float64, multiply, back to float32) run on a block
+# that stays in the core's L2 cache (64K elements = 512 KB of float64) instead of streaming the
+# whole tensor through memory three times: 3.6x faster at 1280 tokens x 512 (one thread), same
+# bits. GPUs keep the big chunks (fewer kernel launches).
+_CPU_CHUNK_ELEMENTS = 1 << 16
 # Tables kept by `rope_table` (an A14B 720P table is 77 MB; a run needs one per grid and device).
 _CACHE_TABLES = 4
 
@@ -78,8 +83,11 @@ def rope_apply(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         return _rope_apply_real(x, table)
     b, s, n, hd = x.shape
     out = torch.empty(b, s, n, hd, dtype=torch.float32, device=x.device)
-    for i in range(0, s, _CHUNK_TOKENS):
-        j = min(s, i + _CHUNK_TOKENS)
+    step = _CHUNK_TOKENS
+    if x.device.type == "cpu":
+        step = max(1, min(step, _CPU_CHUNK_ELEMENTS // (b * n * hd)))
+    for i in range(0, s, step):
+        j = min(s, i + step)
         xd = x[:, i:j].to(torch.float64)  # a fresh copy: rotated in place
         xc = torch.view_as_complex(xd.view(b, j - i, n, hd // 2, 2))
         torch.mul(xc, table[i:j].view(1, j - i, 1, hd // 2), out=xc)  # [B, l, N, hd/2] complex128
