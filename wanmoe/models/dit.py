@@ -351,11 +351,15 @@ class WanDiT(nn.Module):
         if seq_len < n:
             raise InputError(f"seq_len {seq_len} is smaller than the token count {n} of grid {grid}; "
                              f"pass seq_len >= {n} or None")
-        # [B, n, d], made contiguous: a transposed view would make every residual add of every
-        # block write the transposed layout (strided, ~10 % of a CPU forward); same values.
-        h = tokens.flatten(2).transpose(1, 2).contiguous()
+        # [B, n, d], made contiguous (by the copy or the padding cat): a transposed view would make
+        # every residual add of every block write the transposed layout (strided, ~10 % of a CPU
+        # forward); same values. The conv output is dropped, so no extra copy stays alive.
+        h = tokens.flatten(2).transpose(1, 2)
+        del tokens
         k_lens = None
-        if seq_len > n:
+        if seq_len == n:
+            h = h.contiguous()
+        else:
             h = torch.cat([h, h.new_zeros(b, seq_len - n, h.shape[2])], dim=1)  # [B, L, d]
             # On the CPU: the attention backends read the lengths as Python ints in every block,
             # which for a GPU tensor would be one device sync per block.

@@ -7,10 +7,10 @@ its evidence are in docs/memory.md; in short, with u = B * L * d bytes-per-eleme
 * DiT activations: the largest phase of a block (read off the block's forward and checked
   against a live-byte trace of the real-size block, `runtime.memtrace`). From CHUNK_THRESHOLD
   tokens on the block runs chunked (`WanBlock.forward_chunked`, chunks of c tokens, bcd = B c d):
-    q/k/v projections   3 w u + (w + 24) bcd        attention   4 w u
+    q/k/v projections   3 w u + (w + 16) bcd        attention   4 w u
     o projection        (4 + w) u + 12 bcd
   below it (or with chunking off) the whole sequence at once:
-    self-attention   24 u + 16 B c d      (c = RoPE chunk: float64 / complex128 temporaries)
+    self-attention   24 u + 8 B c d       (c = RoPE chunk: its float64 copy, rotated in place)
     cross-attention  26 u (bf16) | 20 u + 8 B T d (fp32)      (T = text_len)
     FFN              (8 + w [bf16] + 2 w r) u
   plus what the forward holds across blocks: the patch tokens (w u) and the block input (4 u),
@@ -216,7 +216,7 @@ def dit_activation_bytes(preset: ModelPreset, tokens: int, batch: int = 1,
     small = tokens * (d // cfg.num_heads) * 8 + batch * t_len * d * w  # RoPE table, text context
     if tokens >= chunk_threshold:
         bcd = batch * min(chunk_tokens, tokens) * d  # one chunk's [B, c, d] in bytes-per-element
-        projections = 3 * w * u + (w + 24 + (24 if per_token_time else 0)) * bcd  # q/k/v + chunk
+        projections = 3 * w * u + (w + 16 + (24 if per_token_time else 0)) * bcd  # q/k/v + chunk
         attention = 4 * w * u  # q, k, v and the attention output
         update = (4 + w) * u + 12 * bcd  # attention output + the fp32 block output
         act = max(projections, attention, update)
@@ -224,7 +224,7 @@ def dit_activation_bytes(preset: ModelPreset, tokens: int, batch: int = 1,
             held += 28 * u  # e [B, L, d] and e0 [B, L, 6, d] in fp32
         return int(act + held + small)
     c = min(ROPE_CHUNK, tokens)
-    self_attn = 24 * u + 16 * batch * c * d
+    self_attn = 24 * u + 8 * batch * c * d
     cross = 26 * u if w == 2 else 20 * u + 8 * batch * t_len * d
     ffn = (8 + (w if w == 2 else 0) + 2 * w * r) * u
     if per_token_time:
