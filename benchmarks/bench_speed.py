@@ -65,6 +65,16 @@ class _SolverScheduler:
         return (self.solver.step(model_output[0], sample[0])[None],)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def vs_diffusers(preset, experts: dict, noise, cond, uncond, request, args) -> None:
     """Denoise loop: ours vs diffusers' WanPipeline, alternating rounds; prints ratios."""
     import diffusers
@@ -112,8 +122,8 @@ def vs_diffusers(preset, experts: dict, noise, cond, uncond, request, args) -> N
     base = statistics.median(times["diffusers WanPipeline"])
     base_cpu = statistics.median(cpu["diffusers WanPipeline"])
     tokens = noise.shape[1] * noise.shape[2] * noise.shape[3] // 4
-    print(f"\n# Denoise loop vs diffusers\n\nHardware: {platform.machine()} CPU "
-          f"({platform.processor() or 'unknown'}), {args.threads} threads, torch {torch.__version__}, "
+    print(f"\n# Denoise loop vs diffusers\n\nHardware: {_cpu_name()} ({platform.machine()}), "
+          f"{args.threads} threads, torch {torch.__version__}, "
           f"diffusers {diffusers.__version__}. Two random experts d{cfg.dim} x{cfg.num_layers} layers, "
           f"{args.size}, {args.frames} frames ({tokens} tokens), {args.steps} steps, CFG (2 forwards a "
           f"step), fp32, median of {args.runs} alternating rounds.\n")
