@@ -102,8 +102,10 @@ def vs_diffusers(preset, experts: dict, noise, cond, uncond, request, args) -> N
     rows = {"diffusers WanPipeline": run_ref}
     pipes = {"wanmoe": WanPipeline(preset, experts, None, None, runtime=runtime_config("cpu"))}
     if args.compile:
-        pipes["wanmoe --compile"] = WanPipeline(preset, experts, None, None,
-                                                runtime=runtime_config("cpu", compile=True))
+        import copy  # own copies: compiling patches the blocks of the experts it is given
+
+        pipes["wanmoe --compile"] = WanPipeline(preset, {n: copy.deepcopy(m) for n, m in experts.items()},
+                                                None, None, runtime=runtime_config("cpu", compile=True))
     for name, pipe in pipes.items():
         rows[name] = (lambda p: lambda: p.sample(noise, cond, uncond, request, progress=False)[0])(pipe)
     times = {name: [] for name in rows}
