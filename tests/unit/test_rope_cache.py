@@ -66,6 +66,18 @@ def test_in_place_rotation_is_bit_identical_to_the_complex_product(monkeypatch, 
         assert torch.equal(y[:, 60:], x[:, 60:])  # padding rows pass through
 
 
+def test_rotation_leaves_its_input_alone_and_backpropagates():
+    table = R.rope_table((2, 3, 4), (16, 16, 16), 24)
+    for dtype in (torch.float32, torch.float64):  # float64: .to() alone would not copy
+        x = torch.randn(1, 24, 2, 48, dtype=dtype)
+        before = x.clone()
+        R.rope_apply(x, table)
+        assert torch.equal(x, before)
+    x = torch.randn(1, 24, 2, 48, requires_grad=True)
+    R.rope_apply(x, table).pow(2).sum().backward()  # a rotation keeps norms: d|Rx|^2/dx = 2x
+    torch.testing.assert_close(x.grad, 2 * x.detach(), rtol=1e-5, atol=1e-5)
+
+
 def test_real_view_rotation_is_bit_identical():
     """The compile-friendly form (float64 cos/sin view) gives the complex form's bits."""
     table = R.rope_table((3, 8, 6), (16, 16, 16), 150)

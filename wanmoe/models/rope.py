@@ -88,9 +88,9 @@ def rope_apply(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         step = max(1, min(step, _CPU_CHUNK_ELEMENTS // (b * n * hd)))
     for i in range(0, s, step):
         j = min(s, i + step)
-        xd = x[:, i:j].to(torch.float64)  # a fresh copy: rotated in place
+        xd = x[:, i:j].to(torch.float64, copy=True)  # always a copy (x may be float64): rotated in place
         xc = torch.view_as_complex(xd.view(b, j - i, n, hd // 2, 2))
-        torch.mul(xc, table[i:j].view(1, j - i, 1, hd // 2), out=xc)  # [B, l, N, hd/2] complex128
+        xc.mul_(table[i:j].view(1, j - i, 1, hd // 2))  # [B, l, N, hd/2] complex128 (autograd-safe)
         out[:, i:j].copy_(xd)
     return out
 
