@@ -7,6 +7,7 @@ Inductor (C++ codegen) takes ~2 minutes per graph on the 2-core CI box, so its t
 slow and needs a C compiler.
 """
 
+import os
 import shutil
 import warnings
 
@@ -26,11 +27,21 @@ from wanmoe.runtime.compile import (CompileFallbackWarning, CompiledBlockForward
 RTOL = 1e-5
 
 
+# set by inductor at its first code generation (not by the test): put back as it was
+_INDUCTOR_ENV = ("_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR",)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
+    before = {k: os.environ.get(k) for k in _INDUCTOR_ENV}
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _model(seed=0):
