@@ -28,6 +28,14 @@ def test_generated_captions_have_no_unknown_words():
         assert unknown_words(s.caption) == [], s.caption
 
 
+def test_the_shipped_demo_does_not_know_light_backgrounds():
+    # the natural first prompt: "white" is a known object colour, not a known background
+    assert unknown_words("a red ball on a white background") == ["white"]
+    assert unknown_words("a red ball on a light gray background") == ["light"]
+    assert unknown_words("a red ball on a sky blue background") == ["sky"]
+    assert unknown_words("a red ball on a beige backdrop") == ["beige"]
+
+
 def test_white_background_is_unknown_until_the_generator_draws_it(monkeypatch):
     # "white" is an object colour, so it is a known word, but not a known background
     assert "white" in known_words()

@@ -26,14 +26,23 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
     "cyan": (40, 215, 225),
 }
-# Backgrounds are dark or neutral; value = (RGB, caption words). An object is only drawn on a
-# background it stands out from (`backgrounds_for`): no white ball on a white background.
+# Backgrounds the demo model was trained on: dark or neutral; value = (RGB, caption words).
+# An object is only drawn on a background it stands out from (`backgrounds_for`).
 BACKGROUNDS: dict[str, tuple[tuple[int, int, int], tuple[str, ...]]] = {
     "black": ((12, 12, 12), ("black", "dark")),
     "dark blue": ((18, 28, 90), ("dark blue", "blue", "navy")),
     "dark green": ((20, 70, 35), ("dark green", "green")),
     "gray": ((110, 110, 110), ("gray", "grey")),
     "brown": ((90, 58, 30), ("brown",)),
+}
+# Light backgrounds: NOT in the shipped model's training set (so not in its vocabulary). A
+# fine-tune with them (benchmarks/demo_light_finetune.py, which adds them to BACKGROUNDS) drew
+# them but lost object colour; see benchmarks/results/demo_training.md, run 4.
+LIGHT_BACKGROUNDS: dict[str, tuple[tuple[int, int, int], tuple[str, ...]]] = {
+    "white": ((240, 240, 240), ("white",)),
+    "light gray": ((195, 195, 195), ("light gray", "light grey")),
+    "sky blue": ((135, 200, 240), ("sky blue", "light blue")),
+    "beige": ((225, 210, 170), ("beige",)),
 }
 # Least RGB distance between an object colour and its background (the dark backgrounds' closest
 # pair, green on gray, is 117; the scorer's foreground threshold is 60).
@@ -113,6 +122,12 @@ def backgrounds_for(colours) -> list[str]:
     colours = tuple(colours)
     return [b for b, (rgb, _) in BACKGROUNDS.items()
             if all(math.dist(rgb, COLOURS[c]) >= MIN_CONTRAST for c in colours)]
+
+
+def is_light(background: str) -> bool:
+    """True for a light background (mean RGB above 150: white, light gray, sky blue, beige)."""
+    rgb = (BACKGROUNDS.get(background) or LIGHT_BACKGROUNDS[background])[0]
+    return sum(rgb) / 3 > 150
 
 
 def _peak_scale(motion: str) -> float:
