@@ -43,7 +43,8 @@ def _seed_work(work: Path, assets: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", required=True)
     ap.add_argument("--decoder-steps", type=int, default=400)
     ap.add_argument("--steps", type=int, default=5000, help="DiT optimiser steps, both experts")
@@ -97,7 +98,8 @@ def main(argv=None) -> int:
         run.text.load_state_dict(sd)
         run.text_ema.load_state_dict(sd)
     vae = load_state(work / "vae_final.pt")
-    out_preset = dataclasses.replace(preset, vae=demo_vae_config(tuple(vae["mean"]), tuple(vae["std"])))
+    out_preset = dataclasses.replace(
+        preset, vae=demo_vae_config(tuple(vae["mean"]), tuple(vae["std"])))
 
     def export(dest: Path) -> None:
         write_folder(dest, out_preset, {k: e.shadow.state_dict() for k, e in run.emas.items()},
@@ -112,7 +114,8 @@ def main(argv=None) -> int:
         if run.step % 25 == 0:
             losses.write(run.step, expert=name, loss=loss, grad_norm=gn)
         if run.step % 250 == 0 or run.step == tc.steps:
-            save_state(run.state_path, run.state() | {"rng": rng.getstate(), "gen": gen.get_state()})
+            save_state(run.state_path,
+                       run.state() | {"rng": rng.getstate(), "gen": gen.get_state()})
         if run.step % args.every == 0 or run.step == tc.steps:
             export(work / f"snap_{run.step}")
             dt = time.perf_counter() - t0

@@ -66,7 +66,7 @@ def test_scorer_on_every_light_background_an_object_may_be_drawn_on(monkeypatch)
             if b not in C.backgrounds_for([colour]):
                 continue
             o = C.SceneObject("square", colour, "small", "down-left", (0.7, 0.3))
-            scene = C.Scene((o,), b, f"a {colour} square moves down and to the left on a background")
+            scene = C.Scene((o,), b, f"a {colour} square moves down and left on a background")
             h = E.score(scene, E.analyse(C.render(scene)))
             assert h == {"colour": True, "direction": True, "motion": True, "count": True,
                          "background": True}, (b, colour)
@@ -80,7 +80,8 @@ def test_background_is_scored_only_when_the_caption_names_one():
     named = C.Scene((o,), "dark blue", "a red circle moves right on a dark blue background")
     assert E.analyse(video).background == "black"
     assert E.score(named, E.analyse(video))["background"] is False
-    assert E.score(C.Scene((o,), "black", "a red circle moves right"), E.analyse(video))["background"] is None
+    unnamed = C.Scene((o,), "black", "a red circle moves right")
+    assert E.score(unnamed, E.analyse(video))["background"] is None
 
 
 def test_cli_light_backgrounds_flag_scores_ground_truth(monkeypatch, capsys):

@@ -52,7 +52,8 @@ def test_case_punctuation_and_function_words_are_ignored_new_words_reported_once
 
 
 def test_words_in_a_role_they_were_never_trained_in():
-    bg_only = sorted(C.caption_words()["background"] - C.caption_words()["colour"])[0]  # e.g. "dark"
+    words = C.caption_words()
+    bg_only = sorted(words["background"] - words["colour"])[0]  # e.g. "dark"
     assert bg_only not in C.COLOURS
     assert unknown_words(f"a {bg_only} red ball moves up") == [bg_only]
     assert unknown_words("a big red ball on a red background") == ["red"]

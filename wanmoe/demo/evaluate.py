@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wanmoe.demo.clips import BACKGROUNDS, COLOURS, DIRECTIONS, Scene, held_out_scenes, is_light, render
+from wanmoe.demo.clips import (BACKGROUNDS, COLOURS, DIRECTIONS, Scene, held_out_scenes, is_light,
+                               render)
 
 FG_THRESHOLD = 60.0  # RGB distance from the background that counts as object
 MIN_AREA_FRAC = 0.004  # components smaller than this fraction of the frame are noise
