@@ -296,6 +296,12 @@ def _generate(args) -> int:
               f"{settings.frames} frames | {settings.steps} steps | solver {settings.solver} | "
               f"seed {settings.seed}" + (f" | {plan.world_size} processes" if plan else ""),
               file=sys.stderr)
+        if spec.preset.name.startswith("demo"):  # say which prompt words the demo never saw
+            from .demo.vocabulary import unknown_words_note
+
+            note = unknown_words_note(prompts)
+            if note:
+                print(note, file=sys.stderr)
     pipe = P.load_pipeline(spec=spec, runtime=rt, loras=loras)
     if len(prompts) > 1 or (plan is not None and plan.expert):
         from .parallel.expert import generate_many

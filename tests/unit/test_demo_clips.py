@@ -101,3 +101,23 @@ def test_every_object_stays_inside_the_frame_and_pairs_are_spread():
     pairs = [s for s in scenes if len(s.objects) == 2]
     xs = [o.start[0] for s in pairs for o in s.objects if o.motion in ("up", "down", "still")]
     assert pairs and max(xs) - min(xs) > 2 * C.JITTER_ACROSS
+
+
+def test_light_backgrounds_when_enabled_and_every_object_stands_out(monkeypatch):
+    """The light backgrounds are out of the shipped training set; the fine-tune adds them, and
+    then no object is drawn on a background it does not stand out from."""
+    import math
+
+    assert not set(C.LIGHT_BACKGROUNDS) & set(C.BACKGROUNDS)
+    assert {"white", "light gray", "sky blue", "beige"} <= set(C.LIGHT_BACKGROUNDS)
+    for name, (rgb, _) in C.BACKGROUNDS.items():  # every trained pair has the contrast
+        assert all(math.dist(rgb, c) >= C.MIN_CONTRAST for c in C.COLOURS.values()), name
+    monkeypatch.setattr(C, "BACKGROUNDS", {**C.BACKGROUNDS, **C.LIGHT_BACKGROUNDS})
+    scenes = C.training_scenes(600)
+    assert {s.background for s in scenes} == set(C.BACKGROUNDS)
+    for s in scenes + C.held_out_scenes(60):
+        bg = C.BACKGROUNDS[s.background][0]
+        for o in s.objects:  # e.g. never a white ball on a white background
+            assert math.dist(bg, C.COLOURS[o.colour]) >= C.MIN_CONTRAST, (s.caption, s.background)
+    assert "white" not in C.backgrounds_for(["white"]) and "white" in C.backgrounds_for(["red"])
+    assert any("white background" in s.caption or "white backdrop" in s.caption for s in scenes)

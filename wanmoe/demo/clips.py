@@ -26,7 +26,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
     "cyan": (40, 215, 225),
 }
-# Backgrounds are dark or neutral so every object colour stands out; value = (RGB, caption words).
+# Backgrounds the demo model was trained on: dark or neutral; value = (RGB, caption words).
+# An object is only drawn on a background it stands out from (`backgrounds_for`).
 BACKGROUNDS: dict[str, tuple[tuple[int, int, int], tuple[str, ...]]] = {
     "black": ((12, 12, 12), ("black", "dark")),
     "dark blue": ((18, 28, 90), ("dark blue", "blue", "navy")),
@@ -34,6 +35,18 @@ BACKGROUNDS: dict[str, tuple[tuple[int, int, int], tuple[str, ...]]] = {
     "gray": ((110, 110, 110), ("gray", "grey")),
     "brown": ((90, 58, 30), ("brown",)),
 }
+# Light backgrounds: NOT in the shipped model's training set (so not in its vocabulary). A
+# fine-tune with them (benchmarks/demo_light_finetune.py, which adds them to BACKGROUNDS) drew
+# them but lost object colour; see benchmarks/results/demo_training.md, run 4.
+LIGHT_BACKGROUNDS: dict[str, tuple[tuple[int, int, int], tuple[str, ...]]] = {
+    "white": ((240, 240, 240), ("white",)),
+    "light gray": ((195, 195, 195), ("light gray", "light grey")),
+    "sky blue": ((135, 200, 240), ("sky blue", "light blue")),
+    "beige": ((225, 210, 170), ("beige",)),
+}
+# Least RGB distance between an object colour and its background (the dark backgrounds' closest
+# pair, green on gray, is 117; the scorer's foreground threshold is 60).
+MIN_CONTRAST = 110.0
 SHAPES: dict[str, tuple[str, ...]] = {
     "circle": ("circle", "ball", "disc"),
     "square": ("square", "box", "block"),
@@ -102,6 +115,19 @@ def is_held_out(colour: str, shape: str, motion: str) -> bool:
 def held_out_triples() -> list[tuple[str, str, str]]:
     """All held-out (colour, shape, motion) triples, in a fixed order."""
     return [(c, s, m) for c in COLOURS for s in SHAPES for m in MOTIONS if is_held_out(c, s, m)]
+
+
+def backgrounds_for(colours) -> list[str]:
+    """The backgrounds (in BACKGROUNDS order) that every one of `colours` stands out from."""
+    colours = tuple(colours)
+    return [b for b, (rgb, _) in BACKGROUNDS.items()
+            if all(math.dist(rgb, COLOURS[c]) >= MIN_CONTRAST for c in colours)]
+
+
+def is_light(background: str) -> bool:
+    """True for a light background (mean RGB above 150: white, light gray, sky blue, beige)."""
+    rgb = (BACKGROUNDS.get(background) or LIGHT_BACKGROUNDS[background])[0]
+    return sum(rgb) / 3 > 150
 
 
 def _peak_scale(motion: str) -> float:
@@ -194,9 +220,20 @@ def sample_scene(seed: int, held_out: bool = False, num_objects: int | None = No
     if n == 2:  # both objects share one motion so the caption stays one clause
         second = _second_object(first, rng)
         objects += [second] if second is not None else []
-    background = rng.choice(list(BACKGROUNDS))
     objects = tuple(objects)
+    background = rng.choice(backgrounds_for(o.colour for o in objects))
     return Scene(objects, background, caption(objects, background, rng))
+
+
+# Caption templates ({subject} {action} {bg}) and the words that join nouns ("a"/"an", "and").
+TEMPLATES: tuple[str, ...] = (
+    "{subject} {action} on a {bg} background",
+    "on a {bg} background, {subject} {action}",
+    "{subject} {action} over a {bg} backdrop",
+    "{subject} {action}",
+)
+_ARTICLES = ("a", "an")
+_JOIN = "and"
 
 
 def _noun(o: SceneObject, rng: random.Random, with_size: bool) -> str:
@@ -205,32 +242,52 @@ def _noun(o: SceneObject, rng: random.Random, with_size: bool) -> str:
     return " ".join(w for w in words if w)
 
 
+def _plural_verb(verb: str) -> str:
+    """"moves" -> "move" (the verbs of two-object captions)."""
+    return verb[:-1]
+
+
+def _plural_phrase(action: str) -> str:
+    """"is bouncing" -> "are bouncing", "bounces" -> "bounce", "does not move" -> "do not move"."""
+    action = action.replace("is ", "are ").replace("does ", "do ")
+    return " ".join(w[:-1] if w in ("bounces", "grows", "shrinks", "stays", "sits", "gets")
+                    else w for w in action.split())
+
+
 def caption(objects: tuple[SceneObject, ...], background: str, rng: random.Random) -> str:
     """One caption from varied templates; always names every colour, shape and the motion."""
     with_size = rng.random() < 0.5
     nouns = [_noun(o, rng, with_size) for o in objects]
     plural = len(objects) > 1
-    subject = " and ".join(("an " if n[0] in "aeiou" else "a ") + n for n in nouns)
+    subject = f" {_JOIN} ".join(_ARTICLES[n[0] in "aeiou"] + " " + n for n in nouns)
     motion = objects[0].motion
     if motion in DIRECTIONS:
         verb = rng.choice(_VERBS)
-        verb = verb[:-1] if plural else verb  # "move" / "moves"
+        verb = _plural_verb(verb) if plural else verb  # "move" / "moves"
         action = f"{verb} {rng.choice(_DIR_WORDS[motion])}"
     else:
         action = rng.choice(_OTHER_PHRASES[motion])
         if plural:
-            action = action.replace("is ", "are ").replace("does ", "do ")
-            action = " ".join(w[:-1] if w in ("bounces", "grows", "shrinks", "stays", "sits", "gets")
-                              else w for w in action.split())
+            action = _plural_phrase(action)
     bg = rng.choice(BACKGROUNDS[background][1])
-    template = rng.randrange(4)
-    if template == 0:
-        return f"{subject} {action} on a {bg} background"
-    if template == 1:
-        return f"on a {bg} background, {subject} {action}"
-    if template == 2:
-        return f"{subject} {action} over a {bg} backdrop"
-    return f"{subject} {action}"
+    template = TEMPLATES[rng.randrange(len(TEMPLATES))]
+    return template.format(subject=subject, action=action, bg=bg)
+
+
+def caption_words() -> dict[str, frozenset[str]]:
+    """Every word a caption can contain, by role: "colour" (object colours), "size", "shape",
+    "background" (background names), "other" (motions, templates, articles); lower case."""
+    def words(phrases) -> frozenset[str]:
+        return frozenset(w for p in phrases for w in p.replace(",", " ").split())
+
+    actions = [*_VERBS, *map(_plural_verb, _VERBS), *(p for ps in _DIR_WORDS.values() for p in ps),
+               *(p for ps in _OTHER_PHRASES.values() for p in ps),
+               *(_plural_phrase(p) for ps in _OTHER_PHRASES.values() for p in ps)]
+    templates = [t.format(subject="", action="", bg="") for t in TEMPLATES]
+    return {"colour": words(COLOURS), "size": words(w for ws in _SIZE_WORDS.values() for w in ws),
+            "shape": words(w for ws in SHAPES.values() for w in ws),
+            "background": words(w for _, ws in BACKGROUNDS.values() for w in ws),
+            "other": words([*actions, *templates, *_ARTICLES, _JOIN])}
 
 
 def _track(o: SceneObject, frames: int, side: int) -> list[tuple[float, float, float]]:
@@ -317,6 +374,6 @@ def held_out_scenes(n: int, seed: int = 12345, num_objects: int | None = 1) -> l
                 obj = second and obj or SceneObject(shape, colour, "small", motion,
                                                     _start_for(motion, SIZES["small"], rng, spread))
             objs = (obj, second)
-        bg = rng.choice(list(BACKGROUNDS))
+        bg = rng.choice(backgrounds_for(o.colour for o in objs))
         out.append(Scene(objs, bg, caption(objs, bg, rng)))
     return out

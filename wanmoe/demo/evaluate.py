@@ -1,8 +1,9 @@
 """Prompt-adherence scorer for the demo model, by plain pixel analysis.
 
-For a video it finds the background (median of the border pixels), the foreground mask (pixels
-far from it), the dominant object colour(s) (nearest palette colour by pixel vote), the object
-count (connected components) and the motion (centroid track and area). `python -m
+For a video it finds the background (median of the border pixels, named by the nearest
+background colour), the foreground mask (pixels far from it), the dominant object colour(s)
+(nearest palette colour by pixel vote), the object count (connected components) and the motion
+(centroid track and area). `python -m
 wanmoe.demo.evaluate` generates held-out prompts with the demo model and prints the table.
 """
 
@@ -19,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wanmoe.demo.clips import COLOURS, DIRECTIONS, Scene, held_out_scenes, render
+from wanmoe.demo.clips import (BACKGROUNDS, COLOURS, DIRECTIONS, Scene, held_out_scenes, is_light,
+                               render)
 
 FG_THRESHOLD = 60.0  # RGB distance from the background that counts as object
 MIN_AREA_FRAC = 0.004  # components smaller than this fraction of the frame are noise
@@ -34,15 +36,26 @@ class ClipAnalysis:
     count: int
     motion: str
     track: tuple[tuple[float, float, float], ...]  # (x, y, area) per frame, NaN when empty
+    background: str = ""  # nearest BACKGROUNDS colour to the median border pixel
+
+
+def _border_colour(f: np.ndarray) -> np.ndarray:
+    """Median RGB of a frame's 2-pixel border (float32 [3])."""
+    border = np.concatenate([f[:2].reshape(-1, 3), f[-2:].reshape(-1, 3),
+                             f[:, :2].reshape(-1, 3), f[:, -2:].reshape(-1, 3)])
+    return np.median(border, axis=0)
 
 
 def _foreground(frame: np.ndarray) -> np.ndarray:
     """Bool mask [H, W] of pixels far from the background (median of a 2-pixel border)."""
     f = frame.astype(np.float32)
-    border = np.concatenate([f[:2].reshape(-1, 3), f[-2:].reshape(-1, 3),
-                             f[:, :2].reshape(-1, 3), f[:, -2:].reshape(-1, 3)])
-    bg = np.median(border, axis=0)
-    return np.linalg.norm(f - bg, axis=-1) > FG_THRESHOLD
+    return np.linalg.norm(f - _border_colour(f), axis=-1) > FG_THRESHOLD
+
+
+def _background_name(frames: np.ndarray) -> str:
+    """The BACKGROUNDS entry nearest to the border colour of the middle frame."""
+    bg = _border_colour(frames[len(frames) // 2].astype(np.float32))
+    return min(BACKGROUNDS, key=lambda b: float(np.linalg.norm(bg - np.array(BACKGROUNDS[b][0]))))
 
 
 def _components(mask: np.ndarray) -> torch.Tensor:
@@ -112,23 +125,26 @@ def analyse(frames: np.ndarray) -> ClipAnalysis:
     colours = tuple(sorted((c for c, v in votes.items() if v >= 0.05), key=lambda c: -votes[c]))
     counts = sorted(_count(masks[i]) for i in (0, t // 2, t - 1))
     motion = _classify_motion(np.array(track, dtype=np.float64), min(h, w))
-    return ClipAnalysis(colours, counts[1], motion, tuple(track))
+    return ClipAnalysis(colours, counts[1], motion, tuple(track), _background_name(frames))
 
 
 def score(scene: Scene, a: ClipAnalysis) -> dict[str, bool | None]:
-    """Per-prompt hits: colour (all named colours are the dominant ones), direction, count."""
+    """Per-prompt hits: colour (all named colours are the dominant ones), direction, count,
+    background (only when the caption names one)."""
     want = [o.colour for o in scene.objects]
     motion = scene.objects[0].motion
     colour_ok = sorted(a.colours[: len(want)]) == sorted(want)
     direction_ok = (a.motion == motion) if motion in DIRECTIONS else None
+    named_bg = "background" in scene.caption or "backdrop" in scene.caption  # else: any
     return {"colour": colour_ok, "direction": direction_ok, "motion": a.motion == motion,
-            "count": a.count == len(scene.objects)}
+            "count": a.count == len(scene.objects),
+            "background": (a.background == scene.background) if named_bg else None}
 
 
 def summarise(hits: list[dict[str, bool | None]]) -> dict[str, float]:
     """Accuracy per metric over the prompts where it applies."""
     out = {}
-    for k in ("colour", "direction", "motion", "count"):
+    for k in ("colour", "direction", "motion", "count", "background"):
         vals = [h[k] for h in hits if h[k] is not None]
         out[k] = sum(vals) / len(vals) if vals else float("nan")
     return out
@@ -149,6 +165,11 @@ def format_table(scenes: list[Scene], analyses: list[ClipAnalysis], hits: list[d
     lines.append("")
     lines.append(f"prompts: {len(hits)} (direction scored on {n_dir} translation prompts)")
     lines.append(" | ".join(f"{k} accuracy: {100 * v:.1f} %" for k, v in acc.items()))
+    for name, pick in (("light", True), ("dark", False)):
+        sub = [h for s, h in zip(scenes, hits) if is_light(s.background) == pick]
+        if sub and len(sub) < len(hits):
+            lines.append(f"on {name} backgrounds ({len(sub)} prompts): " + " | ".join(
+                f"{k} {100 * v:.1f} %" for k, v in summarise(sub).items()))
     return "\n".join(lines)
 
 
@@ -221,12 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-seed", type=int, default=12345,
                     help="which held-out prompts (default 12345: the reported test set; tune "
                     "sampling settings on another seed)")
+    ap.add_argument("--light-backgrounds", action="store_true",
+                    help="also draw prompts on clips.LIGHT_BACKGROUNDS (for a model fine-tuned "
+                    "with them, benchmarks/demo_light_finetune.py)")
     ap.add_argument("--ground-truth", action="store_true",
                     help="score the rendered clips themselves (checks the scorer)")
     ap.add_argument("--strip", default=None,
                     help="write a PNG strip of 4 videos spread over the prompt list here")
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    if args.light_backgrounds:
+        from wanmoe.demo.clips import LIGHT_BACKGROUNDS
+
+        BACKGROUNDS.update(LIGHT_BACKGROUNDS)  # the same dict clips draws from
     scenes = held_out_scenes(args.n, seed=args.prompt_seed, num_objects=2 if args.two_objects else 1)
     gen = render if args.ground_truth else _model_generator(
         args.checkpoint, args.seed, steps=args.steps, shift=args.shift, guide_scale=args.guide_scale,
