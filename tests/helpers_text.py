@@ -14,3 +14,28 @@ def captions(words: list[str], count: int, min_words: int, max_words: int, end: 
     rng = random.Random(0)
     return [" ".join(rng.choice(words) for _ in range(rng.randint(min_words, max_words))) + end
             for _ in range(count)]
+
+
+def random_hf_umt5(vocab: int, d: int, heads: int, dkv: int, ffn: int, layers: int,
+                   seed: int = 0, std: float = 0.1):
+    """A transformers `UMT5EncoderModel` with random weights that matter: HF's init leaves the
+    norms at 1 and the bias tables tiny, so norms ~U(0.5, 1.5), bias tables ~N(0, 1), the
+    embedding ~N(0, 0.3) and every other weight ~N(0, std)."""
+    import torch
+    import transformers
+
+    cfg = transformers.UMT5Config(
+        vocab_size=vocab, d_model=d, d_kv=dkv, d_ff=ffn, num_layers=layers, num_heads=heads,
+        feed_forward_proj="gated-gelu", dropout_rate=0.0, relative_attention_num_buckets=32,
+        relative_attention_max_distance=128, attn_implementation="eager")
+    torch.manual_seed(seed)
+    model = transformers.UMT5EncoderModel(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layer_norm" in name:
+                p.uniform_(0.5, 1.5)
+            elif "relative_attention_bias" in name:
+                p.normal_(0.0, 1.0)
+            else:
+                p.normal_(0.0, 0.3 if "shared" in name else std)
+    return model

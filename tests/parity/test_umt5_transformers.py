@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers_text import captions
+from helpers_text import captions, random_hf_umt5
 from tolerance import rel_err
 
 transformers = pytest.importorskip("transformers")
@@ -19,21 +19,7 @@ VOCAB, D, HEADS, DKV, FFN, LAYERS, LEN = 300, 64, 4, 16, 96, 2, 24
 
 
 def _hf_model(seed: int = 0):
-    cfg = transformers.UMT5Config(
-        vocab_size=VOCAB, d_model=D, d_kv=DKV, d_ff=FFN, num_layers=LAYERS, num_heads=HEADS,
-        feed_forward_proj="gated-gelu", dropout_rate=0.0, relative_attention_num_buckets=32,
-        relative_attention_max_distance=128, attn_implementation="eager")
-    torch.manual_seed(seed)
-    model = transformers.UMT5EncoderModel(cfg).eval()
-    with torch.no_grad():  # HF's init leaves norms at 1 and tables tiny: randomise so they matter
-        for name, p in model.named_parameters():
-            if "layer_norm" in name:
-                p.uniform_(0.5, 1.5)
-            elif "relative_attention_bias" in name:
-                p.normal_(0.0, 1.0)
-            else:
-                p.normal_(0.0, 0.3 if "shared" in name else 0.1)
-    return model
+    return random_hf_umt5(VOCAB, D, HEADS, DKV, FFN, LAYERS, seed, std=0.1)
 
 
 def _ours_from(hf_model) -> UMT5Encoder:
