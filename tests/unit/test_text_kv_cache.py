@@ -163,3 +163,36 @@ def test_modes_and_memory_model():
     off, on = predict(req), predict(replace(req, text_kv_cache=True))
     assert on.parts["text_kv_cache"] == want and off.parts["text_kv_cache"] == 0
     assert on.stages["denoise"] - off.stages["denoise"] == want
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_blocked_rmsnorm_is_the_whole_tensor_formula(dtype):
+    """The CPU row-blocked WanRMSNorm (same profile pass) equals the official formula bit for bit."""
+    from wanmoe.models.layers import WanRMSNorm
+
+    norm = WanRMSNorm(96, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(96))
+    x = (torch.randn(3, 1001, 96) * 3).to(dtype)  # 1001 rows: the last block is partial
+    want = (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6)).type_as(x) * norm.weight
+    with torch.no_grad():
+        for rows in (1, 7, 682):
+            got = norm._forward_blocked(x, rows)
+            assert got.dtype == want.dtype and torch.equal(got, want)
+        assert torch.equal(norm(x), want)  # large enough for the blocked path
+        xt = x.transpose(0, 1)  # non-contiguous input
+        assert torch.equal(norm(xt), want.transpose(0, 1))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_blocked_rmsnorm_in_the_pipeline(ckpt, dtype, monkeypatch):
+    from wanmoe.models.layers import WanRMSNorm
+
+    pipe = _pipe(ckpt, dtype)
+    monkeypatch.setattr(WanRMSNorm, "cpu_block_elements", 10**12)  # whole-tensor formula
+    whole = _latents(pipe, "off")
+    calls = []
+    monkeypatch.setattr(WanRMSNorm, "cpu_block_elements", 2000)  # a few rows per block
+    real = WanRMSNorm._forward_blocked
+    monkeypatch.setattr(WanRMSNorm, "_forward_blocked", lambda self, x, rows: calls.append(rows) or real(self, x, rows))
+    assert torch.equal(_latents(pipe, "off"), whole) and calls
