@@ -194,5 +194,6 @@ def test_blocked_rmsnorm_in_the_pipeline(ckpt, dtype, monkeypatch):
     calls = []
     monkeypatch.setattr(WanRMSNorm, "cpu_block_elements", 2000)  # a few rows per block
     real = WanRMSNorm._forward_blocked
-    monkeypatch.setattr(WanRMSNorm, "_forward_blocked", lambda self, x, rows: calls.append(rows) or real(self, x, rows))
+    monkeypatch.setattr(WanRMSNorm, "_forward_blocked",
+                        lambda self, x, rows: calls.append(rows) or real(self, x, rows))
     assert torch.equal(_latents(pipe, "off"), whole) and calls
