@@ -101,6 +101,9 @@ def vs_diffusers(preset, experts: dict, noise, cond, uncond, request, args) -> N
 
     rows = {"diffusers WanPipeline": run_ref}
     pipes = {"wanmoe": WanPipeline(preset, experts, None, None, runtime=runtime_config("cpu"))}
+    if args.text_kv_off:  # the same loop without the per-run text K/V cache (runtime.text_kv)
+        pipes["wanmoe text-kv off"] = WanPipeline(preset, experts, None, None,
+                                                  runtime=runtime_config("cpu", text_kv_cache="off"))
     if args.compile:
         import copy  # own copies: compiling patches the blocks of the experts it is given
 
@@ -187,6 +190,8 @@ def main() -> None:
     ap.add_argument("--medium", action="store_true",
                     help="the issue-13 config: d512 x4 layers, 256*256, 17 frames, 8 steps")
     ap.add_argument("--compile", action="store_true", help="--vs-diffusers: add a --compile row")
+    ap.add_argument("--text-kv-off", action="store_true",
+                    help="--vs-diffusers: add a row with the per-run text K/V cache off")
     args = ap.parse_args()
     if args.medium:
         args.dim, args.layers, args.size, args.frames, args.steps = 512, 4, "256*256", 17, 8

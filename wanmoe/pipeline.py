@@ -245,17 +245,42 @@ class WanPipeline:
                 checkpointing.maybe_save(done, settings.steps, x_now, solver,
                                          bar.experts + [schedule.select(solver.timesteps[done - 1]).expert])
         self.cache_stats = {}
+        text_kv = self._text_kv_cache(settings, batched)
+
+        def on_stage_change(prev, new):
+            if text_kv is not None:  # only the active expert's K/V stay (memory)
+                text_kv.clear()
+            self.placement.activate(new.expert)
         try:
             x = denoise(x, solver, schedule, denoiser, progress=bar, start=start,
-                        after_step=after_step,
-                        on_stage_change=lambda prev, new: self.placement.activate(new.expert))
+                        after_step=after_step, on_stage_change=on_stage_change)
         finally:
+            if text_kv is not None:
+                text_kv.remove()
             bar.close()
             self.placement.release()
             if step_cache is not None:
                 self.cache_stats = step_cache.remove()
                 self.cache_log = step_cache.log
         return x, bar.experts
+
+    def _text_kv_cache(self, settings, batched: bool):
+        """The per-run text K/V cache of this sample() (runtime.text_kv), or None when off."""
+        from .runtime.text_kv import TextKVCache, decide_text_kv_cache, text_kv_bytes
+
+        need, free = 0, None
+        mode = getattr(self.runtime, "text_kv_cache", "auto")
+        if mode == "auto" and self.device.type == "cuda":
+            from .runtime.cfg_batch import free_device_bytes
+            from .runtime.memory import dit_activation_bytes, tokens_for
+
+            tokens = tokens_for(self.preset, settings.width, settings.height, settings.frames)
+            need = text_kv_bytes(self.preset.dit, 2, self.dtype) + dit_activation_bytes(
+                self.preset, tokens, 2 if batched else 1, self.dtype, self.runtime.per_token_time)
+            free = free_device_bytes(self.device)
+        on = decide_text_kv_cache(mode, self.device, self.runtime.compile, need, free)
+        self.text_kv_on = on
+        return TextKVCache(self.experts) if on else None
 
     def _decide_batched_cfg(self, uncond, schedule, settings):
         from .runtime.cfg_batch import decide_batched_cfg, free_device_bytes

@@ -50,7 +50,7 @@ def parse_offload(value) -> tuple[OffloadMode, int]:
 def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_device=None,
                    attention: str = "auto", batched_cfg: bool | None = None, per_token_time: bool = False,
                    lora_mode=None, cache="off", fp8_matmul: str = "dequant",
-                   text_weights=None, compile: bool = False) -> RuntimeConfig:
+                   text_weights=None, compile: bool = False, text_kv_cache: str = "auto") -> RuntimeConfig:
     """Validate runtime choices once (device present, dtype known, modes from their enums).
 
     batched_cfg None (default): decided per run from the memory model on CUDA (runtime.cfg_batch),
@@ -58,6 +58,7 @@ def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_
     from .runtime.attention import BACKENDS
     from .runtime.cache import parse_cache
     from .runtime.quant.text import check_text_weights
+    from .runtime.text_kv import check_mode
 
     dev = parse_device(device)
     dt = parse_dtype(dtype if dtype is not None else ("bf16" if dev.type == "cuda" else "fp32"))
@@ -80,7 +81,8 @@ def runtime_config(device=None, dtype=None, *, weights=None, offload=None, text_
         text_weights=check_text_weights(text_weights),
         attention=attention, batched_cfg=batched_cfg, per_token_time=per_token_time,
         lora_mode=_choice(LoRAMode, lora_mode, "lora mode", LoRAMode.MERGE),
-        cache=parse_cache(cache), fp8_matmul=fp8_matmul, compile=compile)
+        cache=parse_cache(cache), fp8_matmul=fp8_matmul, compile=compile,
+        text_kv_cache=check_mode(text_kv_cache))
 
 
 def parse_lora_arg(text: str, flag: str = "--lora") -> tuple[str, float]:

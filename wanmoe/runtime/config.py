@@ -68,6 +68,7 @@ class RuntimeConfig:
     compile: bool = False  # torch.compile per DiT block (wanmoe.runtime.compile), eager on failure
     cache: object | None = None  # a runtime.cache.CacheSpec; None = off
     parallel: object | None = None  # a wanmoe.parallel.plan.ParallelPlan (None: one process)
+    text_kv_cache: str = "auto"  # text embedding + cross-attn K/V kept per run: auto | on | off (runtime.text_kv)
 
     @property
     def encoder_device(self) -> torch.device:

@@ -59,6 +59,7 @@ class MemoryRequest:
     vae_tile: tuple[int, int, int] | None = None  # latent (h, w, overlap), None: untiled
     text_on_device: bool = True  # False: --t5-cpu
     text_weights: str | None = None  # "fp8" | "int8": --text-weights (umT5 block linears quantised)
+    text_kv_cache: bool = False  # per-run text K/V cache on (runtime.text_kv): counted in denoise
 
     @property
     def tokens(self) -> int:
@@ -301,6 +302,11 @@ def predict(req: MemoryRequest) -> MemoryPrediction:
     batch = 2 if req.batched_cfg else 1
     act = dit_activation_bytes(p, req.tokens, batch, req.dtype, req.per_token_time)
     transient = weight_transient_bytes(p, req.weights, req.dtype)
+    text_kv = 0
+    if req.text_kv_cache:  # the active expert's K/V of cond + uncond (runtime.text_kv)
+        from .text_kv import text_kv_bytes
+
+        text_kv = text_kv_bytes(p.dit, 2, req.dtype)
     decode = vae_decode_bytes(p, req.width, req.height, req.frames, req.vae_tile)
     if req.offload == "none":
         dit_run = n_exp * expert
@@ -315,7 +321,7 @@ def predict(req: MemoryRequest) -> MemoryPrediction:
     stages = {
         "load": dit_load + vae,
         "text encode": (n_exp * expert if req.offload == "none" else 0) + t5_dev + vae,
-        "denoise": dit_run + act + transient + t5_kept + vae,
+        "denoise": dit_run + act + text_kv + transient + t5_kept + vae,
         "vae decode": resident_after + t5_kept + vae + decode,
     }
     host_experts = {"none": 0, "expert": n_exp * expert,
@@ -327,7 +333,7 @@ def predict(req: MemoryRequest) -> MemoryPrediction:
     rstage = max(ram, key=ram.get)
     parts = {"dit_weights_device": dit_run, "dit_activations": act, "weight_transient": transient,
              "text_encoder": t5, "vae_weights": vae, "vae_decode": decode, "expert": expert,
-             "expert_block": block, "expert_non_block": non_block}
+             "expert_block": block, "expert_non_block": non_block, "text_kv_cache": text_kv}
     return MemoryPrediction(stages[vstage], ram[rstage], vstage, rstage, parts, stages)
 
 
