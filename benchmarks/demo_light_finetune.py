@@ -13,8 +13,9 @@ re-lays the cosine over the new total). 1 torch thread. Score snapshots with
 `python -m wanmoe.demo.evaluate --light-backgrounds --checkpoint <work>/snap_<step>
 --prompt-seed 777` (validation prompts; the test set is the default seed); results:
 benchmarks/results/demo_training.md, run 4. Run 5 resumed run 4's state with a new schedule:
-`--steps 7000 --lr 1.5e-4 --restart --every 500 --tag r5`, then `--steps 13000 --lr 3e-4
---restart --every 1000 --tag r5` (its 200-step warm-up was not in the first leg).
+`--steps 7000 --lr 1.5e-4 --restart --every 500 --tag r5` (that leg ran without the 200-step
+warm-up), `--steps 13000 --lr 3e-4 --restart --every 1000 --tag r5`, then `--steps 17000 --lr
+2e-4 --restart --every 1000 --tag r5`.
 """
 
 from __future__ import annotations
