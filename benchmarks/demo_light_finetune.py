@@ -12,7 +12,10 @@ validation latents -> both experts and the umT5 encoder continued from the shipp
 re-lays the cosine over the new total). 1 torch thread. Score snapshots with
 `python -m wanmoe.demo.evaluate --light-backgrounds --checkpoint <work>/snap_<step>
 --prompt-seed 777` (validation prompts; the test set is the default seed); results:
-benchmarks/results/demo_training.md, run 4.
+benchmarks/results/demo_training.md, run 4. Run 5 resumed run 4's state with a new schedule:
+`--steps 7000 --lr 1.5e-4 --restart --every 500 --tag r5` (that leg ran without the 200-step
+warm-up), `--steps 13000 --lr 3e-4 --restart --every 1000 --tag r5`, then `--steps 17000 --lr
+2e-4 --restart --every 1000 --tag r5`.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=5000, help="DiT optimiser steps, both experts")
     ap.add_argument("--every", type=int, default=500, help="export a snapshot every N steps")
     ap.add_argument("--lr", type=float, default=5e-4, help="DiT LR (umT5: half of it)")
+    ap.add_argument("--restart", action="store_true",
+                    help="resuming: keep the optimiser state but lay a new schedule from the "
+                    "saved step to --steps (200-step warm-up to --lr, cosine to 10 %%; run 5)")
+    ap.add_argument("--tag", default="snap", help="snapshot folder prefix (run 5: r5)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -89,6 +96,20 @@ def main(argv=None) -> int:
         run.load(st)
         rng.setstate(st["rng"])
         gen.set_state(st["gen"])
+        if args.restart:  # the trainer's schedule reads this module-level function
+            import math
+
+            from wanmoe.demo.training import dit_trainer
+
+            start, warm = run.step, 200
+
+            def lr_at(step: int, base: float, _warmup: int, total: int) -> float:
+                if step - start < warm:
+                    return base * (step - start + 1) / warm
+                u = min(1.0, (step - start - warm) / max(1, total - start - warm))
+                return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * u)))
+
+            dit_trainer.lr_at = lr_at
     else:  # raw and EMA weights start at the shipped (EMA) weights
         for k in run.experts:
             sd = load_file(str(DEMO_DIR / f"{k}.safetensors"))
@@ -117,9 +138,10 @@ def main(argv=None) -> int:
             save_state(run.state_path,
                        run.state() | {"rng": rng.getstate(), "gen": gen.get_state()})
         if run.step % args.every == 0 or run.step == tc.steps:
-            export(work / f"snap_{run.step}")
+            export(work / f"{args.tag}_{run.step}")
             dt = time.perf_counter() - t0
-            log(f"step {run.step}: {dt:.0f} s, {dt / (run.step - s0):.3f} s/step; snap_{run.step}")
+            log(f"step {run.step}: {dt:.0f} s, {dt / (run.step - s0):.3f} s/step; "
+                f"{args.tag}_{run.step}")
     return 0
 
 
