@@ -24,18 +24,24 @@ from wanmoe.runtime.memory import dit_activation_bytes
 from wanmoe.runtime.streaming import BlockStreaming
 
 
-def build(cfg: DiTConfig, device, dtype) -> WanDiT:
-    """Random weights in the storage layout of a `dtype` run (WanDiT.storage_dtype)."""
+def random_weights(cfg: DiTConfig, device, dtype, g: torch.Generator) -> WanDiT:
+    """A WanDiT with random N(0, 1/fan_in) weights stored as a `dtype` run stores them
+    (WanDiT.storage_dtype), allocated straight on `device` (no compute dtype set yet)."""
     with torch.device("meta"):
         model = WanDiT(cfg)
-    g = torch.Generator(device=device).manual_seed(0)
     for name, p in list(model.named_parameters()):
         owner, _, leaf = name.rpartition(".")
         mod = model.get_submodule(owner) if owner else model
         t = torch.empty(p.shape, dtype=WanDiT.storage_dtype(name, dtype), device=device)
         t.normal_(0.0, (p.shape[-1] if p.dim() > 1 else 1) ** -0.5, generator=g)
         mod._parameters[leaf] = torch.nn.Parameter(t, requires_grad=False)
-    return model.set_compute_dtype(dtype).eval()
+    return model
+
+
+def build(cfg: DiTConfig, device, dtype) -> WanDiT:
+    """Random weights in the storage layout of a `dtype` run (WanDiT.storage_dtype)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    return random_weights(cfg, device, dtype, g).set_compute_dtype(dtype).eval()
 
 
 def timed(fn, device, runs: int) -> tuple[float, torch.Tensor]:

@@ -37,32 +37,10 @@ from wanmoe.pipeline import WanPipeline
 from wanmoe.request import runtime_config
 from wanmoe.runtime.config import LoRAMode
 from wanmoe.sampling import PRESETS
+from wanmoe.testing.references import SolverScheduler
 from wanmoe.validate import settings_for
 
 
-class _SolverScheduler:
-    """The face of a diffusers scheduler over a wanmoe solver: same timesteps, same step()."""
-
-    order = 1
-
-    def __init__(self, name: str, shift: float) -> None:
-        from types import SimpleNamespace
-
-        self.name, self.shift = name, shift
-        self.config = SimpleNamespace(num_train_timesteps=1000)
-
-    def set_timesteps(self, num_inference_steps, device=None):
-        from wanmoe.sampling import make_solver
-
-        self.solver = make_solver(self.name, num_inference_steps, self.shift)
-        self.timesteps = self.solver.timesteps.to(device)
-        self.sigmas = self.solver.sigmas
-
-    def set_begin_index(self, begin_index=0):
-        pass
-
-    def step(self, model_output, timestep, sample, return_dict=False):
-        return (self.solver.step(model_output[0], sample[0])[None],)
 
 
 def _cpu_name() -> str:
@@ -83,7 +61,7 @@ def vs_diffusers(preset, experts: dict, noise, cond, uncond, request, args) -> N
     cfg = preset.dit
     high, low = (diffusers_twin(experts[n], torch.float32, "cpu") for n in ("high_noise", "low_noise"))
     ref = diffusers.WanPipeline(tokenizer=None, text_encoder=None, vae=None,
-                                scheduler=_SolverScheduler(request.solver, request.shift),
+                                scheduler=SolverScheduler(request.solver, request.shift),
                                 transformer=high, transformer_2=low, boundary_ratio=preset.boundary)
     ref.set_progress_bar_config(disable=True)
 

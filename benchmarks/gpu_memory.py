@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -50,15 +51,11 @@ def build(cfg: DiTConfig, fmt: str, device, dtype=torch.bfloat16) -> WanDiT:
     from wanmoe.runtime.quant.gguf_dequant import GGUFWeight, row_bytes
     from wanmoe.runtime.quant.linear import DequantWorkspace
 
-    with torch.device("meta"):
-        model = WanDiT(cfg)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark module
+    from bench_offload import random_weights
+
     g = torch.Generator(device=device).manual_seed(0)
-    for name, p in list(model.named_parameters()):
-        owner, _, leaf = name.rpartition(".")
-        mod = model.get_submodule(owner) if owner else model
-        t = torch.empty(p.shape, dtype=WanDiT.storage_dtype(name, dtype), device=device)
-        t.normal_(0.0, (p.shape[-1] if p.dim() > 1 else 1) ** -0.5, generator=g)
-        mod._parameters[leaf] = torch.nn.Parameter(t, requires_grad=False)
+    model = random_weights(cfg, device, dtype, g)
     if fmt == "Q4_K_M":
         workspace = DequantWorkspace()
         for name, linear in list(block_linears(model)):

@@ -39,3 +39,18 @@ def random_hf_umt5(vocab: int, d: int, heads: int, dkv: int, ffn: int, layers: i
             else:
                 p.normal_(0.0, 0.3 if "shared" in name else std)
     return model
+
+
+def ids_and_mask(valid: list[int], vocab: int, length: int):
+    """Seeded random token ids [B, length] (ids >= 3) with EOS (1) at the end of each row's
+    `valid` tokens and padding (0) after it, as the tokenizer writes them; plus the mask."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab, (len(valid), length), generator=g)
+    mask = torch.zeros(len(valid), length, dtype=torch.int64)
+    for row, n in enumerate(valid):
+        mask[row, :n] = 1
+        ids[row, n - 1] = 1  # EOS
+        ids[row, n:] = 0  # padding
+    return ids, mask

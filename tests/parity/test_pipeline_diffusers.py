@@ -19,7 +19,6 @@ Measured max |diff| / max |latent|: 8e-7 (MoE, 40 steps), 1.3e-6 (MoE, 12 steps)
 """
 
 from dataclasses import replace
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -29,7 +28,7 @@ from wanmoe.configs import T2V_A14B
 from wanmoe.loading.keymaps.dit import official_to_diffusers
 from wanmoe.models.dit import WanDiT
 from wanmoe.pipeline import WanPipeline
-from wanmoe.sampling import make_solver
+from wanmoe.testing.references import SolverScheduler
 from wanmoe.testing.tiny import dit_state, tiny_dit_config
 from wanmoe.validate import settings_for
 
@@ -38,25 +37,6 @@ diffusers = pytest.importorskip("diffusers")
 TEXT_LEN = 512
 
 
-class SolverScheduler:
-    """diffusers-scheduler face of a wanmoe solver: same timesteps, same step()."""
-
-    order = 1
-
-    def __init__(self, name: str, shift: float) -> None:
-        self.name, self.shift = name, shift
-        self.config = SimpleNamespace(num_train_timesteps=1000)
-
-    def set_timesteps(self, num_inference_steps, device=None):
-        self.solver = make_solver(self.name, num_inference_steps, self.shift)
-        self.timesteps = self.solver.timesteps.to(device)
-        self.sigmas = self.solver.sigmas
-
-    def set_begin_index(self, begin_index=0):
-        pass
-
-    def step(self, model_output, timestep, sample, return_dict=False):
-        return (self.solver.step(model_output[0], sample[0])[None],)
 
 
 def _diffusers_transformer(state: dict, cfg):

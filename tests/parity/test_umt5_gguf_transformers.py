@@ -11,7 +11,7 @@ summation order. Also `--text-weights fp8|int8` against the dequantised weights 
 import numpy as np
 import pytest
 import torch
-from helpers_text import random_hf_umt5
+from helpers_text import ids_and_mask, random_hf_umt5
 from tolerance import rel_err
 
 transformers = pytest.importorskip("transformers")
@@ -98,14 +98,7 @@ def _reference(state: dict[str, torch.Tensor]):
 
 
 def _ids_and_mask(valid: list[int]):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, VOCAB, (len(valid), LEN), generator=g)
-    mask = torch.zeros(len(valid), LEN, dtype=torch.int64)
-    for row, n in enumerate(valid):
-        mask[row, :n] = 1
-        ids[row, n - 1] = 1  # EOS
-        ids[row, n:] = 0
-    return ids, mask
+    return ids_and_mask(valid, VOCAB, LEN)
 
 
 def _outputs(ours, ref):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers_text import captions, random_hf_umt5
+from helpers_text import captions, ids_and_mask, random_hf_umt5
 from tolerance import rel_err
 
 transformers = pytest.importorskip("transformers")
@@ -31,14 +31,7 @@ def _ours_from(hf_model) -> UMT5Encoder:
 
 
 def _ids_and_mask(valid: list[int]):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, VOCAB, (len(valid), LEN), generator=g)
-    mask = torch.zeros(len(valid), LEN, dtype=torch.int64)
-    for row, n in enumerate(valid):
-        mask[row, :n] = 1
-        ids[row, n - 1] = 1  # EOS
-        ids[row, n:] = 0  # padding, as the tokenizer writes it
-    return ids, mask
+    return ids_and_mask(valid, VOCAB, LEN)
 
 
 def test_config_inferred_from_hf_shapes():

@@ -71,3 +71,30 @@ def write_diffusers(root, dit: DiTConfig, t5: T5Config, vae: VAEConfig, two_expe
     write_stub_tokenizer(root / "tokenizer")
     diffusers_vae(vae, seeds[3]).save_pretrained(root / "vae")
     return root
+
+
+class SolverScheduler:
+    """A diffusers-scheduler face over a wanmoe solver (same timesteps, same step()), so that
+    diffusers' `WanPipeline` can run our solver: the pipeline comparisons then differ only in
+    the model code (tests/parity/test_pipeline_diffusers.py, benchmarks/bench_speed.py)."""
+
+    order = 1
+
+    def __init__(self, name: str, shift: float) -> None:
+        from types import SimpleNamespace
+
+        self.name, self.shift = name, shift
+        self.config = SimpleNamespace(num_train_timesteps=1000)
+
+    def set_timesteps(self, num_inference_steps, device=None):
+        from wanmoe.sampling import make_solver
+
+        self.solver = make_solver(self.name, num_inference_steps, self.shift)
+        self.timesteps = self.solver.timesteps.to(device)
+        self.sigmas = self.solver.sigmas
+
+    def set_begin_index(self, begin_index=0):
+        pass
+
+    def step(self, model_output, timestep, sample, return_dict=False):
+        return (self.solver.step(model_output[0], sample[0])[None],)
