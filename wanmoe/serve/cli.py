@@ -192,6 +192,11 @@ def _run(server, state, workers, args, token, wait_idle) -> int:
         if len(hits) > 1:  # a second Ctrl-C: now (the job resumes from its last checkpoint)
             os.write(2, b"\nwanmoe serve: stopped at once\n")
             os._exit(130)
+        # tell the workers at once, so a running job stops after the step it is in (not after
+        # the HTTP server has wound down, by which time a short job may have run to its end)
+        state.stopping.set()
+        for w in workers:
+            w.stop()
         stop.set()
 
     # the CLI's InterruptGuard ends the process 1.5 s after a Ctrl-C; a server instead lets the
@@ -214,10 +219,7 @@ def _run(server, state, workers, args, token, wait_idle) -> int:
         while not stop.wait(0.5):
             pass
         log.info("stopping: no new requests; running jobs stop after their current step")
-        state.stopping.set()
         server.shutdown()
-        for w in workers:
-            w.stop()
         wait_idle(workers, timeout=None)
         print("wanmoe serve: stopped", flush=True)
         return 0
